@@ -1,0 +1,81 @@
+"""``llm4academic …``: thin commands over the package (the notebooks call the same functions)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+
+from .config import TINY_ARCHS, KitError, load_params, resolved_dict, setup_environment
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="llm4academic: run instruction-tuning studies from one params file.")
+models_app = typer.Typer(no_args_is_help=True, help="Offline models for tests and the default study.")
+app.add_typer(models_app, name="models")
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a param: KEY=VALUE (YAML value), "
+                                                     "e.g. --set data.sources[0].max_records=100")]
+
+
+@contextmanager
+def user_errors():
+    """Print a ``KitError`` as a plain message and exit with its code; other errors keep their traceback."""
+    try:
+        yield
+    except KitError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from None
+
+
+@app.command()
+def run(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+        set_: SetOpt = None,
+        only: Annotated[Optional[str], typer.Option(help="comma-separated steps to run, e.g. explore")] = None,
+        reports_dir: Annotated[Optional[Path], typer.Option(help="default: the checkout's reports/")] = None):
+    """Run the whole study (its notebooks, in order) → reports/<name>/index.html."""
+    from .pipeline import run_study
+
+    with user_errors():
+        run_study(params, set_ or [], only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
+                  reports_dir=reports_dir)
+
+
+@app.command()
+def config(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+           set_: SetOpt = None,
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False):
+    """Print the resolved, validated params."""
+    with user_errors():
+        resolved = resolved_dict(load_params(params, set_ or []))
+    if as_json:
+        typer.echo(json.dumps(resolved, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), nl=False)
+
+
+@models_app.command("tiny")
+def models_tiny(out_dir: Annotated[Path, typer.Argument(help="directory to write the model to")],
+                arch: Annotated[str, typer.Option(help=f"one of: {', '.join(TINY_ARCHS)}")] = "llama",
+                seed: int = 0):
+    """Build a tiny randomly initialised model + tokenizer offline (save_pretrained, safetensors)."""
+    from .models import build_tiny
+
+    if arch not in TINY_ARCHS:
+        typer.echo(f"error: --arch {arch!r}: expected one of {', '.join(TINY_ARCHS)}", err=True)
+        raise typer.Exit(2)
+    path = build_tiny(arch, out_dir, seed=seed)
+    typer.echo(str(path))
+
+
+def main() -> None:
+    setup_environment()
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,368 @@
+"""The study params: one pydantic schema, YAML in, validated object out.
+
+A study is one YAML file. Unknown or misspelt keys, wrong types and missing files are errors that name the
+params file, the line and the key path (``data.sources[1].path``). ``--set a.b=c`` overrides are applied to the
+YAML before validation, so they are checked exactly like the file. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import model_validator
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RESOURCES_DIR = PACKAGE_DIR / "resources"
+PKG_PREFIX = "pkg:"  # paths inside the package's shipped resources, e.g. pkg:instruct/alpaca/...
+
+# The study's steps, in the order they run; pipeline.py maps each to its notebook.
+STEPS: tuple[str, ...] = ("explore",)
+Step = Literal["explore"]
+
+# Architectures the kit can build offline at tiny size (models.py builds them; `tiny:<arch>` in params).
+TINY_ARCHS: tuple[str, ...] = ("llama", "bloom", "opt", "t5", "glm")
+TINY_PREFIX = "tiny:"
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class KitError(Exception):
+    """An error a user can act on: the CLI prints its message, not a traceback."""
+
+    exit_code = 2
+
+
+class ConfigError(KitError):
+    """Bad params: the message names the file, line and key path."""
+
+
+# --------------------------------------------------------------------------------------------- paths, env
+
+
+def project_root() -> Path | None:
+    """The checkout the package runs from (editable install), or None for an installed wheel."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def cache_dir() -> Path:
+    """Where the kit keeps state (tiny models, HF cache, Jupyter runtime, temp files): never ``~``."""
+    env = os.environ.get("LLM4A_CACHE_DIR")
+    if env:
+        return Path(env).resolve()
+    return ((project_root() or Path.cwd()) / ".cache").resolve()
+
+
+def setup_environment() -> dict[str, str]:
+    """Point HF, matplotlib, Jupyter, IPython and temp dirs at the project cache unless already set.
+
+    Called by the CLI and the runner so that kernels started for a study inherit the same settings.
+    Returns the variables it set.
+    """
+    base = cache_dir()
+    wanted = {
+        "LLM4A_CACHE_DIR": base,
+        "HF_HOME": base / "huggingface",
+        "MPLCONFIGDIR": base / "matplotlib",
+        "JUPYTER_CONFIG_DIR": base / "jupyter" / "config",
+        "JUPYTER_DATA_DIR": base / "jupyter" / "data",
+        "JUPYTER_RUNTIME_DIR": base / "jupyter" / "runtime",
+        "IPYTHONDIR": base / "ipython",
+        "TMPDIR": base / "tmp",
+    }
+    done = {}
+    for key, path in wanted.items():
+        if not os.environ.get(key):
+            os.environ[key] = str(path)
+            done[key] = str(path)
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return done
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_data_path(value: str, base_dir: Path) -> Path:
+    """``pkg:…`` → inside the package's resources; relative → against the params file's folder."""
+    if value.startswith(PKG_PREFIX):
+        return (RESOURCES_DIR / value[len(PKG_PREFIX):]).resolve()
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() else base_dir / p).resolve()
+
+
+# --------------------------------------------------------------------------------------------- schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _base_dir(info: ValidationInfo) -> Path:
+    ctx = info.context or {}
+    return Path(ctx.get("base_dir", Path.cwd()))
+
+
+class SourceParams(_Strict):
+    """One instruction dataset file."""
+
+    name: str = Field(pattern=_SLUG, description="short label, unique in the study")
+    path: str = Field(description="file (.json array, .jsonl, or gzip of either); pkg:… = shipped sample")
+    format: Literal["auto", "alpaca"] = "auto"
+    language: str | None = Field(default=None, description="ISO code for every record; None = detect per record")
+    max_records: PositiveInt | None = Field(default=None, description="keep the first N valid records")
+
+    @field_validator("path")
+    @classmethod
+    def _exists(cls, v: str, info: ValidationInfo) -> str:
+        p = resolve_data_path(v, _base_dir(info))
+        if not p.is_file():
+            raise ValueError(f"data file not found: {p}")
+        return str(p)
+
+
+class DataParams(_Strict):
+    sources: list[SourceParams] = Field(min_length=1)
+    on_invalid: Literal["error", "skip"] = Field(
+        default="error", description="error: stop at the first bad record (file:line); skip: count and go on")
+
+    @field_validator("sources")
+    @classmethod
+    def _unique(cls, v: list[SourceParams]) -> list[SourceParams]:
+        _check_unique([s.name for s in v], "source name")
+        return v
+
+
+class ModelParams(_Strict):
+    """A foundation model under study: ``tiny:<arch>`` (built offline), a hub id or a local directory."""
+
+    name: str = Field(pattern=_SLUG, description="short label, unique in the study")
+    path: str
+    trust_remote_code: bool = Field(default=False, description="run the checkpoint's own Python code")
+    revision: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _known(cls, v: str, info: ValidationInfo) -> str:
+        if v.startswith(TINY_PREFIX):
+            arch = v[len(TINY_PREFIX):]
+            if arch not in TINY_ARCHS:
+                raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
+            return v
+        local = Path(v).expanduser()
+        local = local if local.is_absolute() else _base_dir(info) / local
+        if local.is_dir():
+            return str(local.resolve())
+        if v.startswith((".", "/", "~")) or not _HUB_ID.match(v):
+            raise ValueError(f"model directory not found: {local.resolve()} (or give a hub id like org/name)")
+        return v  # a hub id
+
+
+class ExploreParams(_Strict):
+    sample_records: int = Field(default=6, ge=0, le=200, description="records shown per source")
+
+
+class ReportParams(_Strict):
+    show_inputs: bool = Field(default=False, description="show code cells in the HTML reports")
+    notebook_timeout_s: PositiveInt = Field(default=3600, description="a notebook running longer is stopped")
+
+
+class StudyParams(_Strict):
+    name: str = Field(pattern=_SLUG, description="the study's name; its report goes to reports/<name>/")
+    description: str = ""
+    seed: int = 0
+    data: DataParams
+    models: list[ModelParams] = Field(min_length=1)
+    steps: list[Step] = Field(default_factory=lambda: list(STEPS))
+    explore: ExploreParams = Field(default_factory=ExploreParams)
+    report: ReportParams = Field(default_factory=ReportParams)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, v: list[ModelParams]) -> list[ModelParams]:
+        _check_unique([m.name for m in v], "model name")
+        return v
+
+    @model_validator(mode="after")
+    def _steps_in_order(self) -> StudyParams:
+        _check_unique(self.steps, "step")
+        self.steps = sorted(self.steps, key=STEPS.index)
+        return self
+
+
+def _check_unique(names: Sequence[str], what: str) -> None:
+    seen = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"duplicate {what} {n!r}")
+        seen.add(n)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+_KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def parse_key_path(key: str) -> list[str | int]:
+    """``data.sources[1].weight`` → ``['data', 'sources', 1, 'weight']``."""
+    parts: list[str | int] = []
+    pos = 0
+    for m in _KEY.finditer(key):
+        gap = key[pos:m.start()]
+        if gap not in ("", "."):
+            raise ConfigError(f"--set {key}: cannot parse the key path near {gap!r}")
+        parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    if not parts or key[pos:]:
+        raise ConfigError(f"--set {key}: cannot parse the key path")
+    return parts
+
+
+def format_key_path(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def apply_override(tree: dict, assignment: str) -> None:
+    """Apply one ``a.b[0].c=value`` (value parsed as YAML) to a raw params tree, in place."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set data.on_invalid=skip")
+    path = parse_key_path(key.strip())
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {assignment}: value is not valid YAML: {e}") from None
+    node: Any = tree
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        where = format_key_path(path[: i + 1])
+        if isinstance(part, int):
+            if not isinstance(node, list) or not -len(node) <= part < len(node):
+                size = len(node) if isinstance(node, list) else "no"
+                raise ConfigError(f"--set {assignment}: {where} does not exist (the list has {size} items)")
+        elif not isinstance(node, dict):
+            raise ConfigError(f"--set {assignment}: {format_key_path(path[:i])} is not a mapping")
+        if last:
+            node[part] = value
+        else:
+            if isinstance(part, str) and part not in node:
+                node[part] = {}
+            node = node[part]
+
+
+def _line_of(root: yaml.Node | None, loc: Sequence[str | int]) -> int | None:
+    """1-based line of the deepest YAML node on the key path ``loc``."""
+    node, line = root, None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        nxt = None
+        if isinstance(node, yaml.MappingNode) and isinstance(part, str):
+            for k, v in node.value:
+                if getattr(k, "value", None) == part:
+                    nxt, line = v, k.start_mark.line + 1
+                    break
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            nxt = node.value[part]
+        node = nxt
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def _overridden(loc: Sequence[str | int], overrides: Sequence[str]) -> str | None:
+    path = format_key_path(loc)
+    for o in overrides:
+        key = o.partition("=")[0].strip()
+        if path == key or path.startswith(key + ".") or path.startswith(key + "[") or key.startswith(path + "."):
+            return o
+    return None
+
+
+def load_params(path: str | os.PathLike, overrides: Sequence[str] = ()) -> StudyParams:
+    """Read, override and validate a study's params; any problem raises ``ConfigError`` naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of study params at the top level, got {type(raw).__name__}")
+    for o in overrides:
+        apply_override(raw, o)
+    try:
+        return StudyParams.model_validate(raw, context={"base_dir": path.resolve().parent})
+    except ValidationError as e:
+        lines = [f"{path}: invalid study params ({e.error_count()} problem{'s' * (e.error_count() > 1)}):"]
+        for err in e.errors(include_url=False):
+            loc = [p for p in err["loc"] if not isinstance(p, str) or not p.startswith("function-")]
+            key = format_key_path(loc) or "(top level)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown key (allowed here: {', '.join(_allowed_keys(loc))})"
+            src = _overridden(loc, overrides)
+            if src:
+                lines.append(f"  {key}: {msg} [from --set {src}]")
+            else:
+                line = _line_of(root, loc)
+                lines.append(f"  {path}{f':{line}' if line else ''}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _allowed_keys(loc: Sequence[str | int]) -> list[str]:
+    """The keys the schema allows at the mapping that holds ``loc``'s last key."""
+    model: Any = StudyParams
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        model = next((a for a in (ann, *args) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if model is None:
+            return []
+    return sorted(model.model_fields) if model is not None else []
+
+
+def resolved_dict(params: StudyParams) -> dict:
+    """The validated params as plain JSON-ready data (paths resolved)."""
+    return params.model_dump(mode="json")

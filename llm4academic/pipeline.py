@@ -1,0 +1,300 @@
+"""The study runner: papermill executes the study's notebooks in order, nbconvert renders each to HTML, and
+``manifest.json`` + ``index.html`` tell what ran, on what, with which code and data.
+
+Layout of a run (``reports/<study>/``): ``NN_*.ipynb`` (executed) · ``NN_*.html`` · ``artifacts/`` ·
+``manifest.json`` · ``index.html``. Every file is written to a temporary name and renamed into place.
+Each notebook runs in its own papermill process so that a per-notebook timeout can stop it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from . import __version__
+from .config import STEPS, KitError, atomic_write, load_params, project_root, resolved_dict, setup_environment
+
+NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb"}
+KERNEL_NAME = "llm4academic"
+VERSIONED = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "pandas", "seaborn", "papermill",
+             "nbconvert", "pydantic")
+
+
+class StudyFailed(KitError):
+    """A notebook failed or timed out; the report was still written."""
+
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------------------------- small helpers
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def notebooks_dir() -> Path:
+    root = project_root()
+    if root is None or not (root / "notebooks").is_dir():
+        raise KitError("the study notebooks were not found: run the kit from its checkout (pip install -e .)")
+    return root / "notebooks"
+
+
+def default_reports_dir() -> Path:
+    return (project_root() or Path.cwd()) / "reports"
+
+
+def git_info() -> dict[str, Any]:
+    """sha and dirty flag of the kit's checkout (``None`` outside git)."""
+    root = project_root() or Path.cwd()
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if sha else None
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def environment_info() -> dict[str, Any]:
+    versions = {"python": platform.python_version(), "llm4academic": __version__}
+    for pkg in VERSIONED:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"versions": versions,
+            "platform": {"system": platform.platform(), "machine": platform.machine(),
+                         "cpus": os.cpu_count(), "node": platform.node()}}
+
+
+def ensure_kernel() -> str:
+    """The Jupyter kernel that runs this very Python (registered with ``--sys-prefix`` if missing)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    ksm = KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(KERNEL_NAME)
+    except NoSuchKernel:
+        from ipykernel.kernelspec import install
+
+        install(kernel_name=KERNEL_NAME, display_name="Python (llm4academic)", prefix=sys.prefix)
+        spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    if os.path.abspath(spec.argv[0]) != os.path.abspath(sys.executable):
+        raise KitError(f"the Jupyter kernel {KERNEL_NAME!r} ({spec.resource_dir}) runs {spec.argv[0]}, not this "
+                       f"environment's {sys.executable}. Re-register it: {sys.executable} -m ipykernel install "
+                       f"--sys-prefix --name {KERNEL_NAME}")
+    return KERNEL_NAME
+
+
+# --------------------------------------------------------------------------------------------- one notebook
+
+
+def _failure(nb_path: Path, timed_out: bool) -> dict[str, Any] | None:
+    """Which cell failed (or was running when the timeout hit), read from papermill's cell metadata."""
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+    except Exception:  # noqa: BLE001 — a notebook killed mid-write is reported as such
+        return None
+    want = "running" if timed_out else "failed"
+    for i, cell in enumerate(nb.cells, 1):
+        if cell.get("metadata", {}).get("papermill", {}).get("status") != want:
+            continue
+        info: dict[str, Any] = {"cell": i, "execution_count": cell.get("execution_count"),
+                                "source": cell.source.strip().splitlines()[0][:200] if cell.source.strip() else ""}
+        for out in cell.get("outputs", []):
+            if out.get("output_type") == "error":
+                info.update(ename=out.get("ename"), evalue=str(out.get("evalue"))[:2000])
+        return info
+    return None
+
+
+def render_html(nb_path: Path, html_path: Path, show_inputs: bool) -> None:
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(template_name="lab", exclude_input=not show_inputs,
+                            exclude_input_prompt=not show_inputs, exclude_output_prompt=not show_inputs)
+    body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+    atomic_write(html_path, body)
+
+
+def execute_notebook(src: Path, out: Path, parameters: dict, *, kernel: str, cwd: Path,
+                     timeout_s: int) -> dict[str, Any]:
+    """Run one notebook with papermill in a child process; returns its status record (never raises on failure)."""
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    partial.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "papermill", str(src), str(partial), "-k", kernel, "--cwd", str(cwd),
+           "-y", yaml.safe_dump(parameters, allow_unicode=True), "--progress-bar", "--log-level", "WARNING",
+           "--request-save-on-cell-execute"]
+    t0 = time.monotonic()
+    started = _now()
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=None, text=True)
+    timed_out = False
+    try:
+        stdout, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            stdout, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, _ = proc.communicate()
+    duration = time.monotonic() - t0
+    rec: dict[str, Any] = {"started": started, "ended": _now(), "duration_s": round(duration, 2)}
+    if proc.returncode == 0 and not timed_out:
+        rec["status"] = "ok"
+    else:
+        rec["status"] = "timeout" if timed_out else "failed"
+        cell = _failure(partial, timed_out) if partial.exists() else None
+        if timed_out:
+            rec["error"] = {**(cell or {}), "ename": "Timeout",
+                            "evalue": f"stopped after {timeout_s} s (report.notebook_timeout_s)"}
+        else:
+            tail = "\n".join((stdout or "").strip().splitlines()[-5:])
+            rec["error"] = cell or {"ename": "PapermillError", "evalue": tail or f"exit code {proc.returncode}"}
+    if partial.exists():
+        os.replace(partial, out)
+    return rec
+
+
+# --------------------------------------------------------------------------------------------- the study
+
+
+def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
+              only: list[str] | None = None, reports_dir: str | os.PathLike | None = None,
+              notebooks: str | os.PathLike | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run a study's notebooks in order and write its report; returns the manifest.
+
+    Raises ``ConfigError`` before running anything when the params are invalid, and ``StudyFailed`` (after the
+    report is written) when a notebook fails or times out.
+    """
+    setup_environment()
+    params_path = Path(params_path).resolve()
+    params = load_params(params_path, overrides)
+    steps = list(params.steps)
+    if only:
+        unknown = [s for s in only if s not in STEPS]
+        if unknown:
+            raise KitError(f"--only: unknown step(s) {', '.join(unknown)}; steps are {', '.join(STEPS)}")
+        steps = [s for s in steps if s in only]
+        if not steps:
+            raise KitError(f"--only {','.join(only)}: none of these is among the study's steps "
+                           f"({', '.join(params.steps)})")
+    nb_dir = Path(notebooks) if notebooks else notebooks_dir()
+    run_dir = (Path(reports_dir) if reports_dir else default_reports_dir()).resolve() / params.name
+    (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    kernel = ensure_kernel()
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    previous = _previous_notebooks(run_dir / "manifest.json")
+    manifest: dict[str, Any] = {
+        "study": params.name,
+        "description": params.description,
+        "params_path": str(params_path),
+        "overrides": list(overrides),
+        "only": list(only) if only else None,
+        "params": resolved_dict(params),
+        "seed": params.seed,
+        "git": git_info(),
+        **environment_info(),
+        "data_files": [{"source": s.name, "path": s.path, "bytes": Path(s.path).stat().st_size,
+                        "sha256": sha256_file(s.path)} for s in params.data.sources],
+        "started": _now(),
+        "ended": None,
+        "status": "running",
+        "notebooks": [],
+    }
+    parameters = {"params_path": str(params_path), "run_dir": str(run_dir), "overrides": list(overrides)}
+    failed: dict[str, Any] | None = None
+    for i, step in enumerate(params.steps, 1):
+        name = NOTEBOOKS[step]
+        entry: dict[str, Any] = {"step": step, "notebook": name, "ipynb": name,
+                                 "html": name.replace(".ipynb", ".html")}
+        if step not in steps:
+            prev = previous.get(name)
+            entry.update(prev if prev else {"status": "skipped"})
+            entry["from_previous_run"] = bool(prev)
+        elif failed:
+            entry["status"] = "not run"
+        else:
+            say(f"[{i}/{len(params.steps)}] {name} …")
+            entry.update(execute_notebook(nb_dir / name, run_dir / name, parameters, kernel=kernel, cwd=run_dir,
+                                          timeout_s=params.report.notebook_timeout_s))
+            if (run_dir / name).exists():
+                render_html(run_dir / name, run_dir / entry["html"], params.report.show_inputs)
+            if entry["status"] != "ok":
+                failed = entry
+            say(f"    {entry['status']} in {entry['duration_s']:.1f} s → {run_dir / entry['html']}")
+        manifest["notebooks"].append(entry)
+    manifest["ended"] = _now()
+    manifest["status"] = "failed" if failed else "ok"
+    atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+    atomic_write(run_dir / "index.html", render_index(manifest, run_dir))
+    if failed:
+        err = failed.get("error") or {}
+        where = f"cell {err['cell']} (In [{err.get('execution_count')}]): {err.get('source', '')}" \
+            if err.get("cell") else "before any cell finished"
+        raise StudyFailed(f"notebook {failed['notebook']} {failed['status']} at {where}\n"
+                          f"  {err.get('ename', 'Error')}: {err.get('evalue', '')}\n"
+                          f"  report: {run_dir / 'index.html'} · executed notebook: {run_dir / failed['ipynb']}")
+    say(f"Report: {run_dir / 'index.html'}")
+    return manifest
+
+
+def _previous_notebooks(path: Path) -> dict[str, dict]:
+    if not path.is_file():
+        return {}
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return {nb["notebook"]: {k: v for k, v in nb.items() if k != "from_previous_run"}
+            for nb in old.get("notebooks", []) if nb.get("status") in ("ok", "failed", "timeout")}
+
+
+# --------------------------------------------------------------------------------------------- index.html
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def render_index(manifest: dict[str, Any], run_dir: Path) -> str:
+    """The study's front page: what was studied, each notebook's status, and the manifest in readable form."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("llm4academic", "resources/templates"),
+                             autoescape=True)
+    explore = _read_json(run_dir / "artifacts" / "explore" / "summary.json")
+    return env.get_template("index.html.j2").render(
+        m=manifest, explore=explore, manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False))
+

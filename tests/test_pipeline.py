@@ -1,0 +1,135 @@
+"""The study runner end to end: papermill, nbconvert HTML, manifest.json, index.html — and its failure paths."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT, SMOKE, write
+from llm4academic.config import ConfigError
+from llm4academic.pipeline import StudyFailed, run_study, sha256_file
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    reports = tmp_path_factory.mktemp("reports")
+    manifest = run_study(SMOKE, reports_dir=reports, quiet=True)
+    return manifest, reports / "smoke"
+
+
+def test_smoke_study_writes_the_report(smoke_run):
+    manifest, run_dir = smoke_run
+    assert manifest["status"] == "ok"
+    for name in ("01_explore_data.ipynb", "01_explore_data.html", "manifest.json", "index.html",
+                 "artifacts/explore/summary.json", "artifacts/explore/token_lengths.csv"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.rglob("*.partial*"))  # everything renamed into place
+
+
+def test_manifest_has_provenance(smoke_run):
+    _, run_dir = smoke_run
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["study"] == "smoke" and m["seed"] == 42 and m["params"]["name"] == "smoke"
+    assert len(m["git"]["sha"] or "") == 40 and isinstance(m["git"]["dirty"], bool)
+    for pkg in ("python", "torch", "transformers", "accelerate", "datasets"):
+        assert m["versions"][pkg]
+    assert m["platform"]["cpus"] >= 1 and m["started"] <= m["ended"]
+    files = {f["source"]: f for f in m["data_files"]}
+    assert set(files) == {"alpaca", "chinese_alpaca", "belle"}
+    assert all(f["sha256"] == sha256_file(f["path"]) for f in files.values())
+    (nb,) = m["notebooks"]
+    assert (nb["notebook"], nb["status"]) == ("01_explore_data.ipynb", "ok") and nb["duration_s"] > 0
+
+
+def test_html_and_index_say_what_they_should(smoke_run):
+    _, run_dir = smoke_run
+    page = (run_dir / "01_explore_data.html").read_text()
+    assert page.count("data:image/png;base64") >= 3  # the seaborn figures are embedded
+    assert "Records per source" in page and "Lengths in tokens of each studied model" in page
+    assert "load_sources(params)" not in page  # inputs hidden by default (report.show_inputs)
+    index = (run_dir / "index.html").read_text()
+    for text in ("01_explore_data.ipynb", 'href="01_explore_data.html"', 'class="status ok"', "tiny:llama",
+                 "chinese_alpaca", "manifest.json"):
+        assert text in index, text
+    summary = json.loads((run_dir / "artifacts/explore/summary.json").read_text())
+    assert summary["records"] == 600 + 600 + 400
+    alpaca = next(r for r in summary["load"] if r["source"] == "alpaca")
+    assert alpaca["kept"] == 600 and alpaca["read"] == 600 + alpaca["skipped_total"]
+    executed = nbformat.read(run_dir / "01_explore_data.ipynb", as_version=4)
+    outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert outputs and not [o for o in outputs if o.output_type == "error"]
+
+
+def _failing_notebooks(tmp_path: Path, body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "llm4academic", "display_name": "Python (llm4academic)",
+                                 "language": "python"}
+    nb.cells = [nbformat.v4.new_markdown_cell("# a notebook that fails"),
+                nbformat.v4.new_code_cell('params_path = ""\nrun_dir = ""\noverrides = []',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell('print("before the failure")'),
+                nbformat.v4.new_code_cell(body),
+                nbformat.v4.new_code_cell('print("never reached")')]
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    nbformat.write(nb, d / "01_explore_data.ipynb")
+    return d
+
+
+def test_failing_notebook(tmp_path):
+    nbs = _failing_notebooks(tmp_path, "ratio = 1 / 0")
+    with pytest.raises(StudyFailed) as e:
+        run_study(SMOKE, ["description=<script>alert(1)</script>"], reports_dir=tmp_path / "r", notebooks=nbs,
+                  quiet=True)
+    msg = str(e.value)
+    assert "notebook 01_explore_data.ipynb failed at cell" in msg and "ratio = 1 / 0" in msg
+    assert "ZeroDivisionError: division by zero" in msg
+    run_dir = tmp_path / "r" / "smoke"
+    executed = nbformat.read(run_dir / "01_explore_data.ipynb", as_version=4)
+    printed = [o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs]
+    assert "before the failure\n" in printed and "never reached\n" not in printed  # earlier outputs kept
+    page = (run_dir / "01_explore_data.html").read_text()
+    assert "ZeroDivisionError" in page
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["notebooks"][0]["error"]["ename"] == "ZeroDivisionError"
+    index = (run_dir / "index.html").read_text()
+    assert 'class="status failed"' in index and "ZeroDivisionError" in index
+    assert "<script>alert(1)</script>" not in index and "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+
+
+def test_notebook_timeout(tmp_path):
+    nbs = _failing_notebooks(tmp_path, "import time\ntime.sleep(600)")
+    with pytest.raises(StudyFailed) as e:
+        run_study(SMOKE, ["report.notebook_timeout_s=12"], reports_dir=tmp_path / "r", notebooks=nbs, quiet=True)
+    assert "timeout" in str(e.value) and "stopped after 12 s" in str(e.value)
+    m = json.loads((tmp_path / "r" / "smoke" / "manifest.json").read_text())
+    assert m["notebooks"][0]["status"] == "timeout"
+
+
+def test_invalid_params_stop_before_running(tmp_path):
+    with pytest.raises(ConfigError, match="data.no_such_key"):
+        run_study(SMOKE, ["data.no_such_key=1"], reports_dir=tmp_path, quiet=True)
+    assert not (tmp_path / "smoke").exists()
+
+
+def test_cli_run_rejects_unknown_key_and_step(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--set", "data.no_such_key=1",
+                        "--reports-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "data.no_such_key: unknown key" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--only", "trian",
+                        "--reports-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "unknown step(s) trian" in r.stderr
+
+
+def test_cli_run_failure_exit_code(tmp_path):
+    params = write(tmp_path / "p.yaml", SMOKE.read_text().replace("name: smoke", "name: broken")
+                   .replace("pkg:instruct/belle/dev1K.json", str(write(tmp_path / "bad.jsonl", "{oops\n"))))
+    params.write_text(params.read_text().replace("on_invalid: skip", "on_invalid: error"))
+    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(params), "--reports-dir",
+                        str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 1, r.stderr
+    assert "notebook 01_explore_data.ipynb failed at cell" in r.stderr
+    assert f"DataError: {tmp_path / 'bad.jsonl'}:1: malformed JSON" in r.stderr
