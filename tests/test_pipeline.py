@@ -125,11 +125,11 @@ def test_cli_run_rejects_unknown_key_and_step(tmp_path):
 
 
 def test_cli_run_failure_exit_code(tmp_path):
-    params = write(tmp_path / "p.yaml", SMOKE.read_text().replace("name: smoke", "name: broken")
-                   .replace("pkg:instruct/belle/dev1K.json", str(write(tmp_path / "bad.jsonl", "{oops\n"))))
-    params.write_text(params.read_text().replace("on_invalid: skip", "on_invalid: error"))
-    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(params), "--reports-dir",
-                        str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT)
+    # The real Alpaca sample holds records with an empty output: with on_invalid: error the study stops there.
+    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--set", "data.on_invalid=error",
+                        "--set", "name=strict", "--reports-dir", str(tmp_path)], capture_output=True, text=True,
+                       cwd=ROOT)
     assert r.returncode == 1, r.stderr
-    assert "notebook 01_explore_data.ipynb failed at cell" in r.stderr
-    assert f"DataError: {tmp_path / 'bad.jsonl'}:1: malformed JSON" in r.stderr
+    assert "error: notebook 01_explore_data.ipynb failed at cell" in r.stderr
+    assert "DataError: " in r.stderr and "alpaca_data.first1825.json:1422: field 'output' is empty" in r.stderr
+    assert (tmp_path / "strict" / "index.html").is_file()

@@ -1,0 +1,64 @@
+"""The set-up files agree with each other: pyproject ranges, the constraints pins, environment.yml, CI, README."""
+
+import re
+import tomllib
+
+import yaml
+from packaging.requirements import Requirement
+
+from conftest import ROOT
+
+
+def pyproject_requirements() -> list[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + project["optional-dependencies"]["dev"]
+
+
+def pins() -> dict[str, str]:
+    out = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: not an exact pin: {line}"
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return out
+
+
+def test_design_card_packages_are_declared():
+    names = {Requirement(r).name for r in pyproject_requirements()}
+    assert {"jupyterlab", "papermill", "torch", "transformers", "accelerate", "datasets", "pandas",
+            "seaborn"} <= names
+
+
+def test_environment_yml_lists_the_same_requirements():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(p for p in pip if p != "-e .") == sorted(pyproject_requirements())
+    assert "-e ." in pip and any(str(d).startswith("python=3.11") for d in env["dependencies"])
+
+
+def test_constraints_pin_every_requirement_within_its_range():
+    pinned = pins()
+    for req in map(Requirement, pyproject_requirements()):
+        key = re.sub(r"[-_.]+", "-", req.name).lower()
+        assert key in pinned, f"{req.name} is not pinned in constraints.txt"
+        version = pinned[key].split("+")[0]
+        assert req.specifier.contains(version, prereleases=True), f"{req.name}=={version} outside {req.specifier}"
+    assert pinned["torch"] == "2.13.0+cpu"
+
+
+def test_ci_and_readme_use_the_two_commands():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make study" in readme and "make test" in readme and "make lab" in readme
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--sys-prefix" in makefile and "torch" in makefile
+
+
+def test_layout_and_ignored_reports():
+    for d in ("notebooks", "llm4academic", "params", "reports", "tests"):
+        assert (ROOT / d).is_dir(), d
+    assert (ROOT / "environment.yml").is_file() and (ROOT / "reports" / "README.md").is_file()
+    ignore = (ROOT / ".gitignore").read_text().splitlines()
+    assert "/reports/*" in ignore and "!/reports/README.md" in ignore
