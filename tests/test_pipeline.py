@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import ROOT, SMOKE, write
+from conftest import ROOT, SMOKE
 from llm4academic.config import ConfigError
 from llm4academic.pipeline import StudyFailed, run_study, sha256_file
 
