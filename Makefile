@@ -37,7 +37,6 @@ $(STAMP): pyproject.toml constraints.txt
 study: $(STAMP)
 	@mkdir -p $(TMPDIR)
 	$(PY) -m llm4academic run params/smoke.yaml
-	@echo "Report: $(CURDIR)/reports/smoke/index.html"
 
 test: $(STAMP)
 	@mkdir -p $(TMPDIR)

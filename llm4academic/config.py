@@ -26,6 +26,10 @@ PKG_PREFIX = "pkg:"  # paths inside the package's shipped resources, e.g. pkg:in
 STEPS: tuple[str, ...] = ("explore",)
 Step = Literal["explore"]
 
+# On-disk formats data/formats.py reads (``format: auto`` detects them from the fields).
+FORMAT_NAMES: tuple[str, ...] = ("alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all")
+FormatName = Literal["auto", "alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all"]
+
 # Architectures the kit can build offline at tiny size (models.py builds them; `tiny:<arch>` in params).
 TINY_ARCHS: tuple[str, ...] = ("llama", "bloom", "opt", "t5", "glm")
 TINY_PREFIX = "tiny:"
@@ -133,7 +137,7 @@ class SourceParams(_Strict):
 
     name: str = Field(pattern=_SLUG, description="short label, unique in the study")
     path: str = Field(description="file (.json array, .jsonl, or gzip of either); pkg:… = shipped sample")
-    format: Literal["auto", "alpaca"] = "auto"
+    format: FormatName = "auto"
     language: str | None = Field(default=None, description="ISO code for every record; None = detect per record")
     max_records: PositiveInt | None = Field(default=None, description="keep the first N valid records")
 
