@@ -17,6 +17,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="llm4academic: run instruction-tuning studies from one params file.")
 models_app = typer.Typer(no_args_is_help=True, help="Offline models for tests and the default study.")
 app.add_typer(models_app, name="models")
+data_app = typer.Typer(no_args_is_help=True, help="Instruction datasets: catalogue, formats, inspection.")
+app.add_typer(data_app, name="data")
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a param: KEY=VALUE (YAML value), "
                                                      "e.g. --set data.sources[0].max_records=100")]
@@ -70,6 +72,52 @@ def models_tiny(out_dir: Annotated[Path, typer.Argument(help="directory to write
         raise typer.Exit(2)
     path = build_tiny(arch, out_dir, seed=seed)
     typer.echo(str(path))
+
+
+@data_app.command("catalog")
+def data_catalog(as_json: Annotated[bool, typer.Option("--json")] = False):
+    """The seed's catalogue of open instruction datasets (languages, producer, size, format, licence, link)."""
+    from . import catalog
+
+    if as_json:
+        typer.echo(catalog.catalog_frame().to_json(orient="records", force_ascii=False, indent=2))
+    else:
+        typer.echo(catalog.format_table())
+
+
+@data_app.command("formats")
+def data_formats():
+    """The on-disk formats the kit reads, with the fields that identify each."""
+    from .data.formats import FORMATS
+
+    for fmt in FORMATS.values():
+        typer.echo(f"{fmt.name:<11} fields: {', '.join(fmt.required):<34} {fmt.description}")
+
+
+@data_app.command("inspect")
+def data_inspect(path: Annotated[Path, typer.Argument(help="a .json / .jsonl file (or gzip of either)")],
+                 format: Annotated[str, typer.Option("--format", help="auto or a format name")] = "auto",
+                 as_json: Annotated[bool, typer.Option("--json")] = False):
+    """Detected format, record count, invalid records by reason (with file:line examples), language mix.
+
+    Exits 0 when every record loads; 1 when some are invalid; 2 when the file cannot be read at all.
+    """
+    from .data.formats import inspect_file
+
+    with user_errors():
+        info = inspect_file(path, fmt=format, on_invalid="skip")
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
+    else:
+        typer.echo(f"{info['path']}\n  format: {info['format']} ({info['layout']})\n  records: {info['records']:,} "
+                   f"of {info['read']:,} read\n  invalid: {info['invalid_total']:,}")
+        for reason, n in sorted(info["invalid"].items()):
+            typer.echo(f"    {reason}: {n:,}")
+        for ex in info["examples"]:
+            typer.echo(f"    e.g. {ex}")
+        typer.echo("  languages: " + ", ".join(f"{k} {v:,}" for k, v in info["languages"].items()))
+    if info["invalid_total"]:
+        raise typer.Exit(1)
 
 
 def main() -> None:

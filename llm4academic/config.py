@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, field_validator
 from pydantic import model_validator
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -139,7 +139,10 @@ class SourceParams(_Strict):
     path: str = Field(description="file (.json array, .jsonl, or gzip of either); pkg:… = shipped sample")
     format: FormatName = "auto"
     language: str | None = Field(default=None, description="ISO code for every record; None = detect per record")
-    max_records: PositiveInt | None = Field(default=None, description="keep the first N valid records")
+    max_records: PositiveInt | None = Field(default=None, description="read only the first N valid records")
+    weight: PositiveFloat | None = Field(default=None, description="share of the mix, relative to other weights")
+    count: PositiveInt | None = Field(default=None, description="exactly this many records in the mix")
+    replace: bool = Field(default=False, description="sample with replacement (to go past what the file holds)")
 
     @field_validator("path")
     @classmethod
@@ -149,11 +152,52 @@ class SourceParams(_Strict):
             raise ValueError(f"data file not found: {p}")
         return str(p)
 
+    @model_validator(mode="after")
+    def _weight_or_count(self) -> SourceParams:
+        if self.weight is not None and self.count is not None:
+            raise ValueError("give weight (a share of the mix) or count (a number of records), not both")
+        return self
+
+
+class NearDedupParams(_Strict):
+    enabled: bool = True
+    threshold: float = Field(default=0.85, gt=0, le=1, description="estimated Jaccard similarity of shingles")
+    num_perm: int = Field(default=128, ge=16, le=1024, description="MinHash permutations")
+    shingle: int = Field(default=5, ge=1, le=32, description="character n-gram size on normalised text")
+
+
+class CleanParams(_Strict):
+    exact_dedup: bool = Field(default=True, description="drop records whose normalised text repeats an earlier one")
+    near_dedup: NearDedupParams = Field(default_factory=NearDedupParams)
+    languages: list[str] | None = Field(default=None, description="keep only records in these languages")
+    tokenizer: str | None = Field(default=None, description="model whose tokens the length filters count "
+                                  "(default: the study's first model)")
+    min_output_tokens: PositiveInt | None = None
+    max_total_tokens: PositiveInt | None = Field(default=None, description="instruction + input + output")
+
+
+class ContaminationParams(_Strict):
+    enabled: bool = True
+    n_en: int = Field(default=13, ge=3, le=50, description="word n-grams for English text")
+    n_zh: int = Field(default=13, ge=3, le=50, description="character n-grams for Chinese text")
+    fields: list[Literal["prompt", "reference"]] = Field(default_factory=lambda: ["prompt", "reference"],
+                                                         min_length=1)
+
+
+class MixParams(_Strict):
+    total: PositiveInt | None = Field(default=None, description="records drawn by the weighted sources "
+                                      "(default: as many as their files allow without replacement)")
+    shuffle: bool = Field(default=True, description="shuffle the mix (seeded)")
+
 
 class DataParams(_Strict):
     sources: list[SourceParams] = Field(min_length=1)
     on_invalid: Literal["error", "skip"] = Field(
         default="error", description="error: stop at the first bad record (file:line); skip: count and go on")
+    clean: CleanParams = Field(default_factory=CleanParams)
+    contamination: ContaminationParams = Field(default_factory=ContaminationParams)
+    decontaminate: bool = Field(default=False, description="drop training records that overlap Z-Bench")
+    mix: MixParams = Field(default_factory=MixParams)
 
     @field_validator("sources")
     @classmethod
@@ -217,6 +261,20 @@ class StudyParams(_Strict):
         _check_unique(self.steps, "step")
         self.steps = sorted(self.steps, key=STEPS.index)
         return self
+
+    @model_validator(mode="after")
+    def _tokenizer_is_a_model(self) -> StudyParams:
+        names = [m.name for m in self.models]
+        if self.data.clean.tokenizer is not None and self.data.clean.tokenizer not in names:
+            raise ValueError(f"data.clean.tokenizer: {self.data.clean.tokenizer!r} is not one of the study's "
+                             f"models ({', '.join(names)})")
+        return self
+
+    @property
+    def length_tokenizer(self) -> ModelParams:
+        """The model whose tokenizer the data length filters count in."""
+        name = self.data.clean.tokenizer or self.models[0].name
+        return next(m for m in self.models if m.name == name)
 
 
 def _check_unique(names: Sequence[str], what: str) -> None:

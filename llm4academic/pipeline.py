@@ -254,6 +254,7 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
         manifest["notebooks"].append(entry)
     manifest["ended"] = _now()
     manifest["status"] = "failed" if failed else "ok"
+    manifest["data"] = _read_json(run_dir / "artifacts" / "data" / "data_summary.json")
     atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     atomic_write(run_dir / "index.html", render_index(manifest, run_dir))
     if failed:

@@ -50,12 +50,12 @@ def test_every_params_file_validates(path):
 
 
 def test_unknown_key_names_file_line_and_key_path(tmp_path):
-    f = study_yaml(tmp_path, BASE.replace("      max_records: 10", "      max_records: 10\n      weight: 2"))
+    f = study_yaml(tmp_path, BASE.replace("      max_records: 10", "      max_records: 10\n      wieght: 2"))
     with pytest.raises(ConfigError) as e:
         load_params(f)
     msg = str(e.value)
-    assert f"{f}:10: data.sources[1].weight: unknown key" in msg
-    assert "allowed here: format, language, max_records, name, path" in msg
+    assert f"{f}:10: data.sources[1].wieght: unknown key" in msg
+    assert "allowed here: count, format, language, max_records, name, path, replace, weight" in msg
 
 
 def test_misspelt_top_level_key(tmp_path):
@@ -149,3 +149,19 @@ def test_cli_config_prints_resolved_params():
     as_yaml = subprocess.run([sys.executable, "-m", "llm4academic", "config", str(SMOKE)],
                              capture_output=True, text=True, check=True).stdout
     assert yaml.safe_load(as_yaml)["name"] == "smoke"
+
+
+def test_data_layer_params(tmp_path):
+    f = study_yaml(tmp_path, BASE)
+    p = load_params(f, ["data.sources[0].weight=0.7", "data.sources[1].count=5", "data.clean.languages=[en]",
+                        "data.decontaminate=true", "data.mix.total=100"])
+    assert (p.data.sources[0].weight, p.data.sources[1].count, p.data.mix.total) == (0.7, 5, 100)
+    assert p.data.clean.near_dedup.enabled and p.data.contamination.n_en == 13 and p.length_tokenizer.name == "m"
+    with pytest.raises(ConfigError, match=r"data.sources\[0\]: give weight .* or count .*, not both"):
+        load_params(f, ["data.sources[0].weight=1", "data.sources[0].count=3"])
+    with pytest.raises(ConfigError, match="data.clean.tokenizer: 'gpt' is not one of the study's models"):
+        load_params(f, ["data.clean.tokenizer=gpt"])
+    with pytest.raises(ConfigError, match=r"data.clean.near_dedup.threshold: Input should be less than or equal"):
+        load_params(f, ["data.clean.near_dedup.threshold=1.5"])
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].format: Input should be 'auto', 'alpaca'"):
+        load_params(f, ["data.sources[0].format=csv"])

@@ -6,6 +6,7 @@ Everything returns pandas tables (long format, ready for seaborn) or plain dicts
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,3 +161,62 @@ def _json_default(o):
     if hasattr(o, "item"):  # numpy scalars
         return o.item()
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+_SKIP_WORDS = frozenset("""a an the this that these those following given some any each every your my our their its me
+us you it them him her one two three four five several all short brief new few simple creative detailed unique
+good""".split())
+
+
+def leading_verbs(df: pd.DataFrame, top: int = 20, objects: int = 4) -> pd.DataFrame:
+    """The most common first words of English instructions and, for each, its most common object word.
+
+    A parser-free stand-in for Alpaca's verb–noun analysis: the first word of an instruction that starts with a
+    letter (``Generate``, ``Write``, ``Describe``…) and the first word after it that is not a determiner or
+    pronoun (``list``, ``story``…). Imperatives dominate instruction data, so the first word is nearly always the
+    verb; questions show up as ``what``/``how``.
+    """
+    pairs = []
+    for text in df.loc[df["language"] == "en", "instruction"]:
+        words = re.findall(r"[A-Za-z][A-Za-z'-]*", text.lower())
+        if not words:
+            continue
+        obj = next((w for w in words[1:] if w not in _SKIP_WORDS), "")
+        pairs.append((words[0], obj))
+    if not pairs:
+        return pd.DataFrame(columns=["verb", "object", "records"])
+    pf = pd.DataFrame(pairs, columns=["verb", "object"])
+    verbs = pf["verb"].value_counts().head(top).index
+    out = pf[pf["verb"].isin(verbs)].value_counts().rename("records").reset_index()
+    out = out.groupby("verb", sort=False).head(objects)
+    order = {v: i for i, v in enumerate(verbs)}
+    return out.sort_values(["verb", "records"], key=lambda c: c.map(order) if c.name == "verb" else -c,
+                           ignore_index=True)
+
+
+def turns_per_conversation(ds) -> pd.DataFrame:
+    """Turns per record (single-turn records count as 2: instruction and output), per source."""
+    cols = ds.select_columns(["source", "conversation"]).to_dict()
+    turns = [len(c) if c else 2 for c in cols["conversation"]]
+    return pd.DataFrame({"source": cols["source"], "turns": turns, "multi_turn": [bool(c) for c in
+                                                                                  cols["conversation"]]})
+
+
+def clean_table(reports) -> pd.DataFrame:
+    """One row per cleaning step: records before, removed (by source), after, and the step's details."""
+    rows = []
+    for r in reports:
+        d = r.to_dict()
+        rows.append({"step": d["step"], "before": d["before"], "removed": d["removed"], "after": d["after"],
+                     "removed by source": ", ".join(f"{k}: {v}" for k, v in d["by_source"].items()),
+                     "details": ", ".join(f"{k}={v}" for k, v in d["detail"].items())})
+    return pd.DataFrame(rows, columns=["step", "before", "removed", "after", "removed by source", "details"])
+
+
+def flat_counts(d: Mapping, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``: nested counts as one readable column."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flat_counts(v, key + ".") if isinstance(v, Mapping) else {key: v})
+    return out

@@ -1,0 +1,137 @@
+"""Weighted mixing of named sources into one training set, seeded and reproducible byte for byte.
+
+Per source (``data.sources[i]``): ``count: N`` takes exactly N records; ``weight: w`` takes the share
+``w / sum(weights)`` of ``data.mix.total`` (by default the largest total the weighted sources can give without
+replacement); neither takes every record. ``replace: true`` samples with replacement, so a source can give more
+records than it holds (repeats get ids ``<id>~2``, ``<id>~3``, …). Each source draws from its own random stream
+(seeded by the study seed and the source name), so adding a source does not change what the others draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from ..config import KitError, atomic_write
+from .clean import column
+
+
+@dataclass
+class SourceDraw:
+    source: str
+    mode: str  # "all" | "count" | "weight"
+    available: int
+    taken: int
+    weight: float | None
+    replace: bool
+    repeated_draws: int  # draws of a record already drawn (with replacement)
+
+
+def plan(available: dict[str, int], sources, total: int | None) -> dict[str, int]:
+    """How many records each source gives, checked against what it holds (errors name the params key)."""
+    want: dict[str, int] = {}
+    weighted = [s for s in sources if s.weight is not None]
+    for s in sources:
+        if s.count is not None:
+            want[s.name] = s.count
+        elif s.weight is None:
+            want[s.name] = available[s.name]
+    if weighted:
+        wsum = sum(s.weight for s in weighted)
+        if total is None:
+            limits = [available[s.name] * wsum / s.weight for s in weighted if not s.replace]
+            if not limits:
+                raise KitError("data.mix.total: needed when every weighted source samples with replacement")
+            total = math.floor(min(limits) + 1e-9)
+        want.update(_apportion(total, {s.name: s.weight / wsum for s in weighted}))
+    for i, s in enumerate(sources):
+        if want[s.name] > available[s.name] and not s.replace:
+            key = f"data.sources[{i}].count" if s.count is not None else "data.mix.total"
+            raise KitError(f"{key}: source {s.name!r} holds {available[s.name]} records after cleaning but "
+                           f"{want[s.name]} are asked for; lower it or set data.sources[{i}].replace: true")
+        if want[s.name] and not available[s.name]:
+            raise KitError(f"data.sources[{i}]: source {s.name!r} has no records left after cleaning")
+    return want
+
+
+def _apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
+    """Largest-remainder split of ``total`` by ``shares`` (sums to exactly ``total``; ties by order)."""
+    raw = {k: total * v for k, v in shares.items()}
+    out = {k: math.floor(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: -(raw[k] - out[k]))[: total - sum(out.values())]:
+        out[k] += 1
+    return out
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode("utf-8"))]))
+
+
+def _draw(n: int, k: int, replace: bool, rng: np.random.Generator) -> list[int]:
+    if k == n and not replace:
+        return list(range(n))
+    idx = rng.integers(0, n, size=k) if replace else rng.choice(n, size=k, replace=False)
+    return sorted(int(i) for i in idx)
+
+
+def mix(pool: datasets.Dataset, sources, total: int | None, seed: int,
+        shuffle: bool = True) -> tuple[datasets.Dataset, list[SourceDraw]]:
+    """Draw the training mix from a cleaned pool of records (with a ``source`` column)."""
+    by_source: dict[str, list[int]] = {s.name: [] for s in sources}
+    for i, src in enumerate(column(pool, "source")):
+        by_source[src].append(i)
+    want = plan({k: len(v) for k, v in by_source.items()}, sources, total)
+    picked: list[int] = []
+    draws = []
+    for s in sources:
+        rows = by_source[s.name]
+        local = _draw(len(rows), want[s.name], s.replace, _rng(seed, s.name))
+        picked.extend(rows[j] for j in local)
+        mode = "count" if s.count is not None else "weight" if s.weight is not None else "all"
+        draws.append(SourceDraw(s.name, mode, len(rows), len(local), s.weight, s.replace,
+                                len(local) - len(set(local))))
+    if shuffle:
+        picked = [picked[int(i)] for i in _rng(seed, "\x00mix").permutation(len(picked))]
+    out = pool.select(picked)
+    if any(d.repeated_draws for d in draws):
+        new_ids = unique_ids(column(out, "id"))
+        out = out.map(lambda rec, i: {"id": new_ids[i]}, with_indices=True, desc="mix ids")
+    return out, draws
+
+
+def unique_ids(ids: list[str]) -> list[str]:
+    """Repeated ids (draws with replacement) become ``<id>~2``, ``<id>~3``, … in order of appearance."""
+    seen: dict[str, int] = {}
+    out = []
+    for rid in ids:
+        seen[rid] = seen.get(rid, 0) + 1
+        out.append(rid if seen[rid] == 1 else f"{rid}~{seen[rid]}")
+    return out
+
+
+def draws_table(draws: list[SourceDraw]):
+    import pandas as pd
+
+    df = pd.DataFrame([asdict(d) for d in draws])
+    df["share"] = df["taken"] / max(1, df["taken"].sum())
+    return df
+
+
+def save_mix(ds: datasets.Dataset, out_dir: str | Path, draws: list[SourceDraw], seed: int) -> dict:
+    """Write ``mix.jsonl`` (one record per line, sorted keys: byte-identical for the same params and seed) and
+    ``mix_summary.json`` (per-source counts, sha256 of the mix). Returns the summary."""
+    out_dir = Path(out_dir)
+    lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in ds)
+    body = lines.encode("utf-8")
+    atomic_write(out_dir / "mix.jsonl", body)
+    summary = {"records": len(ds), "seed": seed, "sha256": hashlib.sha256(body).hexdigest(),
+               "file": "mix.jsonl", "sources": [asdict(d) for d in draws]}
+    atomic_write(out_dir / "mix_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    return summary
