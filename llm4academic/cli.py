@@ -91,7 +91,7 @@ def data_formats():
     from .data.formats import FORMATS
 
     for fmt in FORMATS.values():
-        typer.echo(f"{fmt.name:<11} fields: {', '.join(fmt.required):<34} {fmt.description}")
+        typer.echo(f"{fmt.name:<11} fields: {fmt.fields():<36} {fmt.description}")
 
 
 @data_app.command("inspect")

@@ -118,8 +118,8 @@ def test_configurable_n(samples, zb):
     records = planted(samples, frag={"output": fragment})
     found = {n: hits(cont.find_contamination(records, zb, n_zh=n, progress=False)) for n in (8, 10, 13)}
     assert found[8] == found[10] == {"frag": ["advanced-000"]} and found[13] == {}
-    head = samples.iloc[:1500]
-    strict, loose = (cont.find_contamination(head, zb, n_en=n, n_zh=n, progress=False) for n in (13, 8))
+    chinese = samples[samples["source"] == "chinese_alpaca"]
+    strict, loose = (cont.find_contamination(chinese, zb, n_en=n, n_zh=n, progress=False) for n in (13, 8))
     assert strict.counts["records_contaminated"] == 0 < loose.counts["records_contaminated"]
     assert set(strict.records["id"]) <= set(loose.records["id"])
     # a prompt split across two fields shares no n-gram: fields and turns are read separately
@@ -134,13 +134,14 @@ def test_drop_and_json(samples, zb):
     clean = samples.iloc[::50]
     dirty = planted(samples, a={"input": prompt(zb, "domain-000")}, b={"output": prompt(zb, "advanced-145")})
     records = pd.concat([clean, dirty], ignore_index=True)
-    report = cont.find_contamination(records, zb, progress=False)
+    report = cont.find_contamination(records, zb)  # with its tqdm progress bar
     kept = report.drop(records)
     assert kept["id"].tolist() == clean["id"].tolist()
     data = json.loads(json.dumps(report.to_dict(), ensure_ascii=False))
     assert data["counts"]["records_contaminated"] == 2 and data["counts"]["records_scanned"] == len(records)
     assert data["settings"]["n_zh"] == 13 and data["settings"]["fields"] == ["prompt", "reference"]
     assert data["settings"]["zbench"]["dataset"] == "Z-Bench 1.0"
+    assert data["seconds"] >= 0 and "seconds" not in data["counts"]  # counts stay reproducible
     assert {r["id"] for r in data["records"]} == {"a", "b"} and data["records"][0]["item_ids"] == ["domain-000"]
     assert {r["item_id"] for r in data["too_short"]} >= {"basic-000"}
 

@@ -48,16 +48,24 @@ def test_html_and_index_say_what_they_should(smoke_run):
     _, run_dir = smoke_run
     page = (run_dir / "01_explore_data.html").read_text()
     assert page.count("data:image/png;base64") >= 3  # the seaborn figures are embedded
-    assert "Records per source" in page and "Lengths in tokens of each studied model" in page
+    for heading in ("The catalogue", "Overlap with Z-Bench", "The training mix", "Records per source",
+                    "Lengths in tokens of each studied model", "Leading verbs of English instructions"):
+        assert heading in page, heading
     assert "load_sources(params)" not in page  # inputs hidden by default (report.show_inputs)
     index = (run_dir / "index.html").read_text()
     for text in ("01_explore_data.ipynb", 'href="01_explore_data.html"', 'class="status ok"', "tiny:llama",
                  "chinese_alpaca", "manifest.json"):
         assert text in index, text
     summary = json.loads((run_dir / "artifacts/explore/summary.json").read_text())
-    assert summary["records"] == 600 + 600 + 400
     alpaca = next(r for r in summary["load"] if r["source"] == "alpaca")
     assert alpaca["kept"] == 600 and alpaca["read"] == 600 + alpaca["skipped_total"]
+    m = json.loads((run_dir / "manifest.json").read_text())
+    data = m["data"]  # folded in from artifacts/data/data_summary.json
+    assert data["records_loaded"] == 1600 and summary["records"] == data["records_in_mix"] > 1000
+    assert data["skipped"]["alpaca"] == {"empty:output": alpaca["skipped_total"]}
+    assert set(data["removed"]) == {"exact_dedup", "near_dedup", "length_filter", "decontaminate"}
+    assert data["contamination"]["items"] == 311 and (run_dir / "artifacts/data/mix.jsonl").is_file()
+    assert 'id="data-flow"' in index and 'id="contamination"' in index
     executed = nbformat.read(run_dir / "01_explore_data.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert outputs and not [o for o in outputs if o.output_type == "error"]

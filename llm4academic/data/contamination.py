@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 
 from ..config import KitError
 from ..zbench import load_zbench
-from .stats import detect_language
 
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"  # ideographs, extensions A to H
 FIELD_BREAK = "\ue000"  # a private-use character: kept by both readings, in no Z-Bench gram
@@ -75,6 +74,11 @@ def word_ngrams(words: list[str], n: int) -> Iterator[str]:
     return map(" ".join, zip(*(words[i:] for i in range(n))))
 
 
+def padded(words: list[str]) -> str:
+    """Words between single spaces, a space at each end: ``" a b "`` (``" "`` for none), for whole-word search."""
+    return f" {' '.join(words)} " if words else " "
+
+
 def _ngrams(chars: str, words: list[str], s: Settings) -> Iterator[str]:
     return chain(char_ngrams(chars, s.n_zh), word_ngrams(words, s.n_en))
 
@@ -82,7 +86,8 @@ def _ngrams(chars: str, words: list[str], s: Settings) -> Iterator[str]:
 def item_grams(text: str, s: Settings) -> tuple[str, list]:
     """``(status, grams)`` of one Z-Bench text; status is ``ngrams``, ``whole``, ``too_short`` or ``empty``.
 
-    A ``whole`` gram is the pair ``(cjk_chars, words joined by spaces)``.
+    A ``whole`` gram is the pair ``(cjk_chars, " words joined by spaces ")``: a record holds it when its
+    CJK reading contains the first and its padded word reading the second.
     """
     if not text.strip():
         return "empty", []
@@ -91,7 +96,7 @@ def item_grams(text: str, s: Settings) -> tuple[str, list]:
     if grams:
         return "ngrams", grams
     if len(chars) >= s.min_zh or len(words) >= s.min_en:
-        return "whole", [(chars, " ".join(words))]
+        return "whole", [(chars, padded(words))]
     return "too_short", []
 
 
@@ -104,7 +109,7 @@ class ZBenchIndex:
 
     settings: Settings
     ngrams: dict[str, set[Key]] = field(default_factory=lambda: defaultdict(set))
-    whole: dict[tuple[str, str], set[Key]] = field(default_factory=lambda: defaultdict(set))
+    whole: dict[str, dict[str, set[Key]]] = field(default_factory=dict)  # CJK reading → padded words → pairs
     items: pd.DataFrame | None = None  # one row per (item, field): item_id, split, field, status, ngrams, text
 
 
@@ -117,9 +122,11 @@ def build_index(zbench: pd.DataFrame, settings: Settings) -> ZBenchIndex:
     for item_id, split, *texts in zbench[["item_id", "split", *settings.fields]].itertuples(index=False):
         for fld, text in zip(settings.fields, texts):
             status, grams = item_grams(_as_text(text), settings)
-            target = index.whole if status == "whole" else index.ngrams
             for g in grams:
-                target[g].add((item_id, fld))
+                if status == "whole":
+                    index.whole.setdefault(g[0], defaultdict(set))[g[1]].add((item_id, fld))
+                else:
+                    index.ngrams[g].add((item_id, fld))
             rows.append({"item_id": item_id, "split": split, "field": fld, "status": status,
                          "ngrams": len(grams), "text": _as_text(text)})
     index.items = pd.DataFrame(rows, columns=["item_id", "split", "field", "status", "ngrams", "text"])
@@ -134,11 +141,11 @@ def text_hits(text: str, index: ZBenchIndex) -> dict[Key, list[str]]:
         for g in dict.fromkeys(_ngrams(chars, words, index.settings)):
             for key in index.ngrams.get(g, ()):
                 found[key].append(g)
-    padded = f" {' '.join(words)} "
-    for (c, w), keys in index.whole.items():
-        if c in chars and (not w or f" {w} " in padded):
-            for key in keys:
-                found[key].append(f"{c} {w}".strip())
+    spaced = padded(words)
+    for c in filter(chars.__contains__, index.whole):  # C-level filters: few short items ever pass
+        for w in filter(spaced.__contains__, index.whole[c]):
+            for key in index.whole[c][w]:
+                found[key].append(f"{c}{w}".strip())
     return found
 
 
@@ -180,7 +187,11 @@ MATCH_COLUMNS = ["id", "source", "item_id", "split", "field", "shared_ngrams", "
 
 @dataclass
 class ContaminationReport:
-    """What the check found; every table is a pandas DataFrame, ``to_dict()`` is the JSON artifact."""
+    """What the check found; every table is a pandas DataFrame, ``to_dict()`` is the JSON artifact.
+
+    ``counts``: records_scanned, records_contaminated, items, items_checked (≥ 1 field could be judged),
+    items_too_short (no field could be judged), items_affected, fields ({field: {status: items}}).
+    """
 
     matches: pd.DataFrame  # one row per (record, item, field)
     records: pd.DataFrame  # one row per contaminated record: id, source, item_ids, fields, shared_ngrams, example
@@ -188,6 +199,7 @@ class ContaminationReport:
     too_short: pd.DataFrame  # Z-Bench texts that could not be judged: item_id, split, field, text
     counts: dict
     settings: dict
+    seconds: float = 0.0  # index + scan time (kept out of ``counts``, which are reproducible)
 
     def contaminated_ids(self) -> set[str]:
         return set(self.records["id"])
@@ -198,7 +210,7 @@ class ContaminationReport:
 
     def to_dict(self) -> dict:
         tables = {"records": self.records, "items": self.items, "matches": self.matches, "too_short": self.too_short}
-        out = {"settings": self.settings, "counts": self.counts}
+        out = {"settings": self.settings, "counts": self.counts, "seconds": self.seconds}
         out.update({k: json.loads(v.to_json(orient="records", force_ascii=False)) for k, v in tables.items()})
         return out
 
@@ -244,18 +256,18 @@ def find_contamination(records: pd.DataFrame, zbench: pd.DataFrame | None = None
                        fields: Iterable[str] = ("prompt", "reference"), progress: bool = True) -> ContaminationReport:
     """Which training records overlap which Z-Bench items (``zbench`` defaults to the shipped Z-Bench)."""
     zbench = load_zbench() if zbench is None else zbench
-    settings = Settings(n_en=n_en, n_zh=n_zh, min_en=min_en, min_zh=min_zh, fields=tuple(fields))
+    fields = (fields,) if isinstance(fields, str) else tuple(dict.fromkeys(fields))
+    settings = Settings(n_en=n_en, n_zh=n_zh, min_en=min_en, min_zh=min_zh, fields=fields)
     _text_columns(records)  # fail before building anything
     start, index = time.perf_counter(), build_index(zbench, settings)
     texts = tqdm(record_texts(records), total=len(records), desc="contamination", unit="rec",
                  disable=not progress, mininterval=1)
     sources = records["source"].tolist() if "source" in records.columns else [""] * len(records)
     matches = pd.DataFrame(_match_rows(records["id"].tolist(), sources, texts, index), columns=MATCH_COLUMNS)
-    counts = _counts(len(records), matches, index.items)
-    counts["seconds"] = round(time.perf_counter() - start, 3)
+    seconds = round(time.perf_counter() - start, 3)
     info = {**asdict(settings), "fields": list(settings.fields), "zbench": zbench.attrs.get("zbench", {})}
+    too_short = index.items.loc[index.items["status"] == "too_short", ["item_id", "split", "field", "text"]]
     return ContaminationReport(matches=matches, records=_per_record(matches),
                                items=_per_item(matches, zbench["item_id"].tolist()),
-                               too_short=index.items.loc[index.items["status"] == "too_short",
-                                                         ["item_id", "split", "field", "text"]].reset_index(drop=True),
-                               counts=counts, settings=info)
+                               too_short=too_short.reset_index(drop=True),
+                               counts=_counts(len(records), matches, index.items), settings=info, seconds=seconds)
