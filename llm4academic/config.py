@@ -180,6 +180,9 @@ class ContaminationParams(_Strict):
     enabled: bool = True
     n_en: int = Field(default=13, ge=3, le=50, description="word n-grams for English text")
     n_zh: int = Field(default=13, ge=3, le=50, description="character n-grams for Chinese text")
+    min_en: int = Field(default=5, ge=1, description="Z-Bench texts shorter than n_en words are matched whole "
+                        "when they have at least this many words (else reported as too short to check)")
+    min_zh: int = Field(default=8, ge=1, description="the same, in Chinese characters")
     fields: list[Literal["prompt", "reference"]] = Field(default_factory=lambda: ["prompt", "reference"],
                                                          min_length=1)
 

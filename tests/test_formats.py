@@ -187,8 +187,8 @@ def test_firefly_fixture_multi_turn():
 
 
 def test_firefly_flat_1_1m_layout(tmp_path):
-    p = write(tmp_path / "firefly.jsonl", json.dumps({"kind": "Couplet", "input": "对联：春风得意", "target": "秋月扬辉"},
-                                                    ensure_ascii=False) + "\n")
+    rec = {"kind": "Couplet", "input": "对联：春风得意", "target": "秋月扬辉"}
+    p = write(tmp_path / "firefly.jsonl", json.dumps(rec, ensure_ascii=False) + "\n")
     ds, rep = load_file(p, source="f")
     assert rep.format == "firefly" and ds[0]["instruction"] == "对联：春风得意" and ds[0]["output"] == "秋月扬辉"
     assert (ds[0]["input"], ds[0]["conversation"], ds[0]["language"]) == ("", [], "zh")

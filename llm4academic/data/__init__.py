@@ -37,7 +37,8 @@ def prepare(params: StudyParams, tokenizer=None, zbench=None) -> Prepared:
     report = None
     if d.contamination.enabled:
         c = d.contamination
-        report = find_contamination(cleaned.to_pandas(), zbench, n_en=c.n_en, n_zh=c.n_zh, fields=c.fields)
+        report = find_contamination(cleaned.to_pandas(), zbench, n_en=c.n_en, n_zh=c.n_zh, min_en=c.min_en,
+                                    min_zh=c.min_zh, fields=c.fields)
         if d.decontaminate:
             cleaned, rep = clean.drop_ids(cleaned, report.contaminated_ids(), "decontaminate")
             clean_reports.append(rep)

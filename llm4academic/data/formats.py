@@ -160,7 +160,7 @@ def _check_turns(turns: list[Turn], field: str, *, empty_replies: bool = False) 
     """An optional first system turn, then user and assistant alternating, ending with an assistant reply; turns
     hold text (assistant turns may be empty with ``empty_replies``)."""
     body = turns[1:] if turns and turns[0][0] == "system" else turns
-    for i, (role, content, label) in enumerate(body):
+    for i, (role, _content, label) in enumerate(body):
         expected = ("user", "assistant")[i % 2]
         if role != expected:
             raise InvalidRecord(f"not_alternating:{field}", f"{label} has role {role!r}, expected {expected!r} "
