@@ -30,6 +30,12 @@ Step = Literal["explore"]
 FORMAT_NAMES: tuple[str, ...] = ("alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all")
 FormatName = Literal["auto", "alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all"]
 
+# Model family cards (catalog.py, resources/catalog/models.yaml) and prompt templates (templates.py).
+MODEL_CARDS: tuple[str, ...] = ("llama", "bloom", "opt", "t5", "glm", "chatglm")
+ModelCardName = Literal["llama", "bloom", "opt", "t5", "glm", "chatglm"]
+TEMPLATES: tuple[str, ...] = ("alpaca", "belle", "plain")
+TemplateName = Literal["alpaca", "belle", "plain"]
+
 # Architectures the kit can build offline at tiny size (models.py builds them; `tiny:<arch>` in params).
 TINY_ARCHS: tuple[str, ...] = ("llama", "bloom", "opt", "t5", "glm")
 TINY_PREFIX = "tiny:"
@@ -216,6 +222,11 @@ class ModelParams(_Strict):
     path: str
     trust_remote_code: bool = Field(default=False, description="run the checkpoint's own Python code")
     revision: str | None = None
+    card: ModelCardName | None = Field(default=None, description="model family card (catalog); "
+                                       "default: from the checkpoint's model_type")
+    template: TemplateName | None = Field(default=None, description="prompt template; default: the card's")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
 
     @field_validator("path")
     @classmethod
