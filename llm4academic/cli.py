@@ -48,6 +48,24 @@ def run(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
 
 
 @app.command()
+def train(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+          set_: SetOpt = None,
+          model: Annotated[Optional[str], typer.Option(help="the model to train (one per launch)")] = None,
+          run_dir: Annotated[Optional[Path], typer.Option(help="default: reports/<study name>")] = None):
+    """One training worker: run it under `accelerate launch` / torchrun (multi-GPU, multi-node).
+
+    Example: accelerate launch --config_file params/accelerate/fsdp_1node_4gpu.yaml -m llm4academic train
+    params/recipes/llama-7b.yaml
+    """
+    from .pipeline import default_reports_dir
+    from .train import run_distributed
+
+    with user_errors():
+        study = load_params(params, set_ or [])
+        run_distributed(params, run_dir or default_reports_dir() / study.name, model, set_ or [])
+
+
+@app.command()
 def config(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
            set_: SetOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False):
@@ -72,6 +90,17 @@ def models_tiny(out_dir: Annotated[Path, typer.Argument(help="directory to write
         raise typer.Exit(2)
     path = build_tiny(arch, out_dir, seed=seed)
     typer.echo(str(path))
+
+
+@models_app.command("catalog")
+def models_catalog(as_json: Annotated[bool, typer.Option("--json")] = False):
+    """The model cards: family, the seed's model, architecture, FSDP wrap class, template, remote code."""
+    from . import catalog
+
+    if as_json:
+        typer.echo(catalog.model_frame().to_json(orient="records", force_ascii=False, indent=2))
+    else:
+        typer.echo(catalog.format_model_table())
 
 
 @data_app.command("catalog")

@@ -23,8 +23,8 @@ RESOURCES_DIR = PACKAGE_DIR / "resources"
 PKG_PREFIX = "pkg:"  # paths inside the package's shipped resources, e.g. pkg:instruct/alpaca/...
 
 # The study's steps, in the order they run; pipeline.py maps each to its notebook.
-STEPS: tuple[str, ...] = ("explore",)
-Step = Literal["explore"]
+STEPS: tuple[str, ...] = ("explore", "train")
+Step = Literal["explore", "train"]
 
 # On-disk formats data/formats.py reads (``format: auto`` detects them from the fields).
 FORMAT_NAMES: tuple[str, ...] = ("alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all")
@@ -245,6 +245,52 @@ class ModelParams(_Strict):
         return v  # a hub id
 
 
+class FsdpParams(_Strict):
+    enabled: bool = Field(default=True, description="shard with FSDP (full shard, auto-wrap on the card's layer "
+                          "class); false = DDP across processes")
+    version: Literal[1, 2] = 2
+    activation_checkpointing: bool = False
+    cpu_offload: bool = False
+
+
+class LoraParams(_Strict):
+    r: PositiveInt = 8
+    alpha: PositiveInt = 16
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    save: Literal["merged", "adapter"] = Field(default="merged", description="merged weights or the adapter only")
+
+
+class TrainParams(_Strict):
+    """The stanford_alpaca recipe, per model; ``notebook_launcher`` starts ``num_processes`` workers."""
+
+    method: Literal["full", "lora"] = "full"
+    lora: LoraParams = Field(default_factory=LoraParams)
+    max_length: PositiveInt = 512
+    packing: bool = Field(default=True, description="pack examples into rows (no attention across examples)")
+    group_by_length: bool = Field(default=False, description="padding mode only: batches of similar length")
+    per_device_batch_size: PositiveInt = 4
+    gradient_accumulation_steps: PositiveInt = 8
+    learning_rate: PositiveFloat = 2e-5
+    weight_decay: float = Field(default=0.0, ge=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    num_epochs: PositiveFloat = 3
+    max_steps: PositiveInt | None = Field(default=None, description="stop after this many optimizer steps")
+    max_grad_norm: PositiveFloat | None = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    tf32: bool = Field(default=True, description="allow TF32 matmuls on GPU")
+    fsdp: FsdpParams = Field(default_factory=FsdpParams)
+    num_processes: PositiveInt = 2
+    cpu: bool | None = Field(default=None, description="train on CPU (gloo); default: when no GPU is visible")
+    main_process_port: int = Field(default=29500, ge=1024, le=65535)
+    save_steps: PositiveInt = 2000
+    save_total_limit: PositiveInt = 1
+    logging_steps: PositiveInt = 1
+    resume: bool = Field(default=True, description="resume from the latest checkpoint in the output dir")
+    models: list[str] | None = Field(default=None, description="names of the models to train (default: all)")
+
+
 class ExploreParams(_Strict):
     sample_records: int = Field(default=6, ge=0, le=200, description="records shown per source")
 
@@ -262,6 +308,7 @@ class StudyParams(_Strict):
     models: list[ModelParams] = Field(min_length=1)
     steps: list[Step] = Field(default_factory=lambda: list(STEPS))
     explore: ExploreParams = Field(default_factory=ExploreParams)
+    train: TrainParams = Field(default_factory=TrainParams)
     report: ReportParams = Field(default_factory=ReportParams)
 
     @field_validator("models")
@@ -284,11 +331,36 @@ class StudyParams(_Strict):
                              f"models ({', '.join(names)})")
         return self
 
+    @model_validator(mode="after")
+    def _lora_without_fsdp(self) -> StudyParams:
+        if self.train.method == "lora" and self.train.fsdp.enabled:
+            raise ValueError("train.method: lora trains the adapters under DDP (every rank holds the frozen base "
+                             "model); set train.fsdp.enabled: false")
+        return self
+
+    @model_validator(mode="after")
+    def _trained_models_exist(self) -> StudyParams:
+        names = [m.name for m in self.models]
+        unknown = [n for n in self.train.models or [] if n not in names]
+        if unknown:
+            raise ValueError(f"train.models: {', '.join(map(repr, unknown))} not among the study's models "
+                             f"({', '.join(names)})")
+        return self
+
+    def model(self, name: str) -> ModelParams:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KitError(f"no model named {name!r} in the study (models: {', '.join(m.name for m in self.models)})")
+
+    @property
+    def trained_models(self) -> list[ModelParams]:
+        return [m for m in self.models if self.train.models is None or m.name in self.train.models]
+
     @property
     def length_tokenizer(self) -> ModelParams:
         """The model whose tokenizer the data length filters count in."""
-        name = self.data.clean.tokenizer or self.models[0].name
-        return next(m for m in self.models if m.name == name)
+        return self.model(self.data.clean.tokenizer or self.models[0].name)
 
 
 def _check_unique(names: Sequence[str], what: str) -> None:

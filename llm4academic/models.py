@@ -3,7 +3,11 @@
 ``tiny:<arch>`` builds a randomly initialised model of that architecture (LLaMA; BLOOM; OPT, Galactica's
 architecture; T5; GLM) with a byte-level BPE tokenizer trained on the shipped English + Chinese samples, saves it
 with ``save_pretrained`` (safetensors) under the project cache and loads it back with the Auto classes — no hub.
-Real studies name a hub id or a local directory. ``trust_remote_code`` is passed only as the params say.
+Real studies name a hub id or a local directory. Each model has a family card (catalog.py): named in the params
+(``card``) or found from the checkpoint's ``model_type``; it says whether the model loads as causal or seq2seq and
+whether its code ships with the checkpoint. ``trust_remote_code`` is passed only as the params say, and a model that
+needs it fails early, before any weights are fetched, with the params key to set. ``add_special_tokens`` is
+stanford_alpaca's ``smart_tokenizer_and_embedding_resize``.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from .config import RESOURCES_DIR, TINY_ARCHS, TINY_PREFIX, ModelParams, cache_dir
+from .catalog import ModelCard, card_for_config, find_card_for_config, get_model_card, model_type_of
+from .config import RESOURCES_DIR, TINY_ARCHS, TINY_PREFIX, KitError, ModelParams, cache_dir
 
 TINY_VERSION = 1  # bump when the recipe below changes: cached tiny models are keyed by it
 TINY_VOCAB = 1000
@@ -145,18 +151,148 @@ def _load_kwargs(mp: ModelParams) -> dict:
     return kw
 
 
+def _describe(mp: ModelParams) -> str:
+    return f"model {mp.name!r} ({mp.path})"
+
+
+def read_config(mp: ModelParams) -> dict:
+    """The checkpoint's ``config.json`` as a dict, read without running any of the checkpoint's code."""
+    from transformers import PretrainedConfig
+
+    path = resolve_model_path(mp.path)
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise KitError(f"{_describe(mp)}: no config.json in {path}")
+    try:
+        raw, _ = PretrainedConfig.get_config_dict(path, revision=mp.revision)
+    except OSError as e:
+        raise KitError(f"{_describe(mp)}: cannot read its config.json: {e}") from None
+    return raw
+
+
+def _check_remote_code(mp: ModelParams, config: Any) -> None:
+    """A model whose code is not part of transformers loads only with ``trust_remote_code: true`` in the params."""
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type, card = model_type_of(config), find_card_for_config(config)
+    needs_code = card.needs_remote_code if card else model_type not in CONFIG_MAPPING
+    if not needs_code or mp.trust_remote_code:
+        return
+    allow = (f"set `models[i].trust_remote_code: true` on the entry named {mp.name!r} in the params "
+             f"(or --set models[i].trust_remote_code=true)")
+    if card:
+        raise KitError(f"{_describe(mp)} is {card.model}'s family (card {card.name!r}, model_type {model_type!r}): "
+                       f"its model code ships with the checkpoint and is not part of transformers. To run that code, "
+                       f"{allow}; or choose a model transformers implements, e.g. card glm (zai-org/glm-4-9b-hf).")
+    has_code = bool(config.get("auto_map") if isinstance(config, dict) else getattr(config, "auto_map", None))
+    then = (f"Its config.json points to model code shipped with the checkpoint (auto_map): to run it, {allow}."
+            if has_code else "Its config.json names no model code (auto_map) either: check the path.")
+    raise KitError(f"{_describe(mp)} has model_type {model_type!r}, which transformers {transformers.__version__} does "
+                   f"not implement and no model card covers. {then}")
+
+
+def resolve_card(mp: ModelParams, config: Any) -> ModelCard:
+    """The model's family card: ``mp.card`` if the params name one (checked against the checkpoint's model_type),
+    else the card covering ``config``'s model_type (a transformers config or a config.json dict)."""
+    model_type = model_type_of(config)
+    if mp.card is None:
+        try:
+            return card_for_config(config)
+        except KitError as e:
+            raise KitError(f"{_describe(mp)}: {e}") from None
+    card = get_model_card(mp.card)
+    if model_type not in card.model_types:
+        raise KitError(f"{_describe(mp)}: the params name card {card.name!r} (`models[i].card`), which covers "
+                       f"model_type {', '.join(card.model_types)}, but the checkpoint's model_type is {model_type!r}; "
+                       f"drop `card` to detect the card from the checkpoint")
+    return card
+
+
+def model_card(mp: ModelParams) -> ModelCard:
+    """The card of the model a study names, from its config.json (no weights, no remote code run)."""
+    config = read_config(mp)
+    _check_remote_code(mp, config)
+    return resolve_card(mp, config)
+
+
 def load_tokenizer(mp: ModelParams):
     from transformers import AutoTokenizer
 
+    _check_remote_code(mp, read_config(mp))
     return AutoTokenizer.from_pretrained(resolve_model_path(mp.path), **_load_kwargs(mp))
 
 
-def load_model(mp: ModelParams, dtype=None):
-    """The model a study names, through the Auto class its config calls for (causal or seq2seq), safetensors only."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+def resolve_dtype(dtype):
+    """``"auto"`` stays ``"auto"`` (the checkpoint's own dtype); ``"bfloat16"`` etc. become torch dtypes."""
+    import torch
+
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise KitError(f"unknown dtype {dtype!r}; expected auto, float32, bfloat16 or float16")
+    return getattr(torch, dtype)
+
+
+def load_model(mp: ModelParams, dtype=None, attn_implementation=None):
+    """The model a study names, through its card's Auto class (causal or seq2seq), safetensors only.
+
+    ``dtype`` and ``attn_implementation`` override the params' ``dtype`` (``auto`` = the checkpoint's) and
+    ``attn_implementation`` (unset = transformers' default). A model whose code ships with the checkpoint fails
+    here, before any weights are fetched, unless the params set ``trust_remote_code: true``.
+    """
+    import transformers
+    from transformers import AutoConfig
 
     path, kw = resolve_model_path(mp.path), _load_kwargs(mp)
+    _check_remote_code(mp, read_config(mp))
     config = AutoConfig.from_pretrained(path, **kw)
-    auto = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM
-    return auto.from_pretrained(path, config=config, use_safetensors=True, dtype=dtype, **kw)
+    card = resolve_card(mp, config)
+    auto = getattr(transformers, card.auto_class)
+    attn = attn_implementation or mp.attn_implementation
+    if attn:
+        kw["attn_implementation"] = attn
+    return auto.from_pretrained(path, config=config, use_safetensors=True,
+                                dtype=resolve_dtype(dtype if dtype is not None else mp.dtype), **kw)
 
+
+# stanford_alpaca's train.py
+DEFAULT_PAD_TOKEN = "[PAD]"
+DEFAULT_EOS_TOKEN = "</s>"
+DEFAULT_BOS_TOKEN = "<s>"
+DEFAULT_UNK_TOKEN = "<unk>"
+
+
+def add_special_tokens(tokenizer, model) -> int:
+    """Give the tokenizer the pad/eos/bos/unk tokens it lacks, as stanford_alpaca does; returns how many are new.
+
+    stanford_alpaca's ``smart_tokenizer_and_embedding_resize``: missing special tokens are added (``[PAD]``,
+    ``</s>``, ``<s>``, ``<unk>``), the embeddings grow to the new vocabulary and each new row of the input and the
+    output embeddings is set to the mean of the rows of the tokens that were there before. Two departures, both
+    no-ops for LLaMA: the matrix only grows (T5 and GLM-4 carry spare rows past their vocabulary, where the new
+    tokens' rows are set instead of shrinking the matrix), and when a pad token is added the model's (and its
+    generation config's) ``pad_token_id`` follows it. Nothing changes when the tokenizer has all four.
+    """
+    import torch
+
+    wanted = {"pad_token": DEFAULT_PAD_TOKEN, "eos_token": DEFAULT_EOS_TOKEN, "bos_token": DEFAULT_BOS_TOKEN,
+              "unk_token": DEFAULT_UNK_TOKEN}
+    missing = {k: v for k, v in wanted.items() if getattr(tokenizer, k) is None}
+    if not missing:
+        return 0
+    old_vocab = len(tokenizer)
+    added = tokenizer.add_special_tokens(missing)
+    if "pad_token" in missing:
+        for cfg in (model.config, getattr(model, "generation_config", None)):
+            if cfg is not None:
+                cfg.pad_token_id = tokenizer.pad_token_id
+    if added == 0:  # the tokens were in the vocabulary already, only undeclared
+        return 0
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_ids = torch.arange(old_vocab, len(tokenizer))
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    matrices = [inp.weight] + ([out.weight] if out is not None and out.weight is not inp.weight else [])
+    with torch.no_grad():
+        for weight in matrices:
+            weight[new_ids] = weight[:old_vocab].mean(dim=0, keepdim=True)
+    return added

@@ -27,7 +27,7 @@ import yaml
 from . import __version__
 from .config import STEPS, KitError, atomic_write, load_params, project_root, resolved_dict, setup_environment
 
-NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb"}
+NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb"}
 KERNEL_NAME = "llm4academic"
 VERSIONED = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "pandas", "seaborn", "papermill",
              "nbconvert", "pydantic")
@@ -255,6 +255,7 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
     manifest["ended"] = _now()
     manifest["status"] = "failed" if failed else "ok"
     manifest["data"] = _read_json(run_dir / "artifacts" / "data" / "data_summary.json")
+    manifest["train"] = _train_summaries(run_dir / "artifacts" / "train")
     atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     atomic_write(run_dir / "index.html", render_index(manifest, run_dir))
     if failed:
@@ -280,6 +281,21 @@ def _previous_notebooks(path: Path) -> dict[str, dict]:
 
 
 # --------------------------------------------------------------------------------------------- index.html
+
+
+def _train_summaries(train_dir: Path) -> list[dict] | None:
+    """Per trained model: steps, first/last loss, what FSDP engaged, the final checkpoint."""
+    index = _read_json(train_dir / "checkpoints.json")
+    if not index:
+        return None
+    out = []
+    for entry in index.get("models", []):
+        summary = _read_json(train_dir / entry["model"] / "summary.json") or {}
+        stats = _read_json(train_dir / entry["model"] / "data_stats.json") or {}
+        out.append({**entry, "first_loss": summary.get("first_loss"), "total_steps": summary.get("total_steps"),
+                    "fsdp": summary.get("fsdp"), "packing_efficiency": (stats.get("pack") or {}).get("efficiency"),
+                    "padded_efficiency": stats.get("padded_efficiency")})
+    return out
 
 
 def _read_json(path: Path) -> Any:

@@ -1,15 +1,18 @@
-"""The dataset catalogue: the seed's 13 datasets as cards, lookups, the frame and the CLI table."""
+"""The catalogues: the seed's 13 datasets and 6 model families as cards, lookups, frames and CLI tables."""
 
 import dataclasses
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from llm4academic import catalog
-from llm4academic.catalog import ALPACA_MIX, DatasetCard, catalog_frame, datasets, format_table, get_dataset
-from llm4academic.config import FORMAT_NAMES, KitError, resolve_data_path
+from llm4academic.catalog import (ALPACA_MIX, DatasetCard, ModelCard, card_for_config, catalog_frame, datasets,
+                                  format_model_table, format_table, get_dataset, get_model_card, model_cards,
+                                  model_frame)
+from llm4academic.config import FORMAT_NAMES, MODEL_CARDS, TEMPLATES, KitError, resolve_data_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_NAMES = ("OIG", "Alpaca", "BELLE", "Luotuo", "Guanaco", "Firefly", "GPT-4-LLM", "gpt4all", "hh-rlhf", "Dolly",
@@ -118,3 +121,80 @@ def test_catalog_imports_no_torch_and_no_datasets():
             "assert 'pandas' not in sys.modules, 'pandas'\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# --------------------------------------------------------------------------------------------- model cards
+
+SEED_MODELS = {"llama": "huggyllama/llama-7b", "bloom": "bigscience/bloomz-7b1-mt", "opt": "facebook/galactica-6.7b",
+               "t5": "google/flan-t5-xxl", "glm": "zai-org/glm-4-9b-hf", "chatglm": "THUDM/chatglm-6b"}
+
+
+def test_every_model_family_has_a_complete_card():
+    cards = model_cards()
+    assert [c.name for c in cards] == list(MODEL_CARDS)
+    assert {c.name: c.hub_id for c in cards} == SEED_MODELS
+    for card in cards:
+        for field in ("model", "hub_id", "architecture", "wrap_class", "pad_token", "parameters", "licence", "link",
+                      "description"):
+            assert getattr(card, field).strip(), (card.name, field)
+        assert card.link == f"https://huggingface.co/{card.hub_id}", card.name
+        assert card.template in TEMPLATES and card.kind in ("causal", "seq2seq"), card.name
+        assert card.auto_class == ("AutoModelForSeq2SeqLM" if card.is_seq2seq else card.auto_class), card.name
+        assert card.model_types and "\n" not in card.description, card.name
+    assert [c.name for c in cards if c.is_seq2seq] == ["t5"]
+    assert [c.name for c in cards if c.needs_remote_code] == ["chatglm"]
+    assert {c.template for c in cards} == {"alpaca"}  # the seed trained every base with stanford_alpaca's template
+    assert "[PAD]" in get_model_card("llama").pad_token
+
+
+def test_wrap_and_architecture_classes_are_the_seeds():
+    assert {c.name: (c.architecture, c.wrap_class) for c in model_cards()} == {
+        "llama": ("LlamaForCausalLM", "LlamaDecoderLayer"), "bloom": ("BloomForCausalLM", "BloomBlock"),
+        "opt": ("OPTForCausalLM", "OPTDecoderLayer"), "t5": ("T5ForConditionalGeneration", "T5Block"),
+        "glm": ("GlmForCausalLM", "GlmDecoderLayer"), "chatglm": ("ChatGLMForConditionalGeneration", "GLMBlock")}
+
+
+@pytest.mark.parametrize("name, card", [
+    ("llama", "llama"), ("LLaMA-7B", "llama"), ("huggyllama/llama-7b", "llama"), ("bloomz", "bloom"),
+    ("BLOOMZ-7B1-mt", "bloom"), ("galactica", "opt"), ("Galactica-6.7B", "opt"), ("flan_t5_xxl", "t5"),
+    ("google/flan-t5-xxl", "t5"), ("GLM-4-9B", "glm"), ("THUDM/glm-4-9b-hf", "glm"), ("ChatGLM-6B", "chatglm"),
+    (" chatglm ", "chatglm"),
+])
+def test_model_card_lookup_takes_models_hub_ids_and_aliases(name, card):
+    assert get_model_card(name).name == card
+
+
+def test_card_for_config_reads_model_type_from_configs_and_dicts():
+    for card in model_cards():
+        for model_type in card.model_types:
+            assert card_for_config({"model_type": model_type}) is card
+            assert card_for_config(SimpleNamespace(model_type=model_type)) is card
+    with pytest.raises(KitError) as err:
+        card_for_config({"model_type": "gpt2"})
+    assert "gpt2" in str(err.value) and all(c.model in str(err.value) for c in model_cards())
+    with pytest.raises(KitError, match="unknown model card 'gpt-2'.*llama \\(LLaMA-7B\\)"):
+        get_model_card("gpt-2")
+
+
+def test_model_cards_are_frozen_and_checked():
+    card = get_model_card("llama")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        card.kind = "seq2seq"  # type: ignore[misc]
+    for field, value in [("name", "gpt2"), ("template", "chatml"), ("kind", "encoder"), ("auto_class", "AutoModel"),
+                         ("wrap_class", " "), ("model_types", ()), ("needs_remote_code", "no")]:
+        with pytest.raises(ValueError, match=field):
+            dataclasses.replace(card, **{field: value})
+    with pytest.raises(ValueError, match="AutoModelForSeq2SeqLM"):
+        dataclasses.replace(card, kind="seq2seq")
+
+
+def test_model_frame_and_table():
+    frame = model_frame()
+    assert list(frame["name"]) == list(MODEL_CARDS)
+    assert set(frame.columns) == {f.name for f in dataclasses.fields(ModelCard)}
+    assert frame.loc[frame["name"] == "chatglm", "needs_remote_code"].item()
+    table = format_model_table()
+    for card in model_cards():
+        assert card.hub_id in table and card.wrap_class in table and card.link in table
+    assert "chatglm *" in table and "trust_remote_code" in table
+    assert max(len(line) for line in table.splitlines()) <= catalog.MODEL_TABLE_WIDTH <= 120

@@ -43,3 +43,10 @@ def test_data_inspect_unreadable_file_exits_2(tmp_path):
     r = cli("data", "inspect", f)
     assert r.returncode == 2 and f"error: {f}:1: no known format fits this file" in r.stderr
     assert "Fields found: answer, question" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_models_catalog():
+    r = cli("models", "catalog")
+    assert r.returncode == 0 and "LlamaDecoderLayer" in r.stdout and "BloomBlock" in r.stdout
+    cards = json.loads(cli("models", "catalog", "--json").stdout)
+    assert {c["name"] for c in cards} == {"llama", "bloom", "opt", "t5", "glm", "chatglm"}

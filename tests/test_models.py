@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -6,7 +7,8 @@ import pytest
 import torch
 
 from llm4academic import models
-from llm4academic.config import TINY_ARCHS, ModelParams
+from llm4academic.catalog import card_for_config, get_model_card, model_cards
+from llm4academic.config import TINY_ARCHS, KitError, ModelParams
 
 ZH = "给出三个保持健康的提示。"
 EN = "Give three tips for staying healthy."
@@ -89,3 +91,186 @@ def test_cli_models_tiny(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "llm4academic", "models", "tiny", str(out), "--arch", "gpt2"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "expected one of llama, bloom, opt, t5, glm" in bad.stderr
+
+
+# --------------------------------------------------------------------------------------------- model cards
+
+
+@pytest.mark.parametrize("card", [c for c in model_cards() if c.name in TINY_ARCHS], ids=lambda c: c.name)
+def test_every_card_instantiates_its_architecture_at_tiny_size(card):
+    import transformers
+
+    config = models.tiny_config(card.name)
+    assert card_for_config(config) is card
+    model = getattr(transformers, card.auto_class).from_config(config)
+    assert type(model).__name__ == card.architecture
+    classes = {type(m).__name__ for m in model.modules()}
+    assert card.wrap_class in classes  # FSDP's auto-wrap policy finds the block it names
+    assert card.wrap_class in model._no_split_modules
+    assert models.is_seq2seq(config) == card.is_seq2seq
+
+
+def test_the_cards_without_a_tiny_model_need_remote_code():
+    assert {c.name for c in model_cards()} - set(TINY_ARCHS) == {"chatglm"}
+    assert get_model_card("chatglm").needs_remote_code
+
+
+def _checkpoint(tmp_path, **config) -> str:
+    """A local model directory holding only a config.json: enough for every check made before the weights."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    return str(tmp_path)
+
+
+def _no_loading(monkeypatch):
+    """Fail the test if anything gets as far as transformers' own config/model/tokenizer loading."""
+    import transformers
+
+    def refuse(*a, **kw):
+        raise AssertionError("loading went past the checks")
+
+    for auto in ("AutoConfig", "AutoTokenizer", "AutoModelForCausalLM", "AutoModelForSeq2SeqLM"):
+        monkeypatch.setattr(getattr(transformers, auto), "from_pretrained", refuse)
+
+
+def test_chatglm_without_remote_code_fails_clearly_before_loading(tmp_path, monkeypatch):
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    path = _checkpoint(tmp_path, model_type="chatglm", architectures=["ChatGLMModel"],
+                       auto_map={"AutoConfig": "configuration_chatglm.ChatGLMConfig",
+                                 "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration"})
+    _no_loading(monkeypatch)
+    mp = ModelParams(name="chatglm6b", path=path)
+    for call in (models.load_model, models.load_tokenizer, models.model_card):
+        with pytest.raises(KitError) as err:
+            call(mp)
+        message = str(err.value)
+        for part in ("'chatglm6b'", path, "ChatGLM-6B", "card 'chatglm'", "models[i].trust_remote_code: true"):
+            assert part in message, (call.__name__, part, message)
+    assert models.model_card(ModelParams(name="c", path=path, trust_remote_code=True)).name == "chatglm"
+
+
+def test_unknown_model_type_without_remote_code_fails_clearly(tmp_path, monkeypatch):
+    _no_loading(monkeypatch)
+    bare = ModelParams(name="odd", path=_checkpoint(tmp_path / "a", model_type="oddformer"))
+    with pytest.raises(KitError, match="model_type 'oddformer', which transformers .* does not implement.*auto_map"):
+        models.load_model(bare)
+    coded = ModelParams(name="odd", path=_checkpoint(tmp_path / "b", model_type="oddformer",
+                                                     auto_map={"AutoModelForCausalLM": "modeling_odd.OddLM"}))
+    with pytest.raises(KitError, match="models\\[i\\].trust_remote_code: true"):
+        models.load_model(coded)
+    with pytest.raises(KitError, match="no model card covers model_type 'oddformer'"):  # code allowed, still no card
+        models.model_card(coded.model_copy(update={"trust_remote_code": True}))
+    with pytest.raises(KitError, match="no model card covers model_type 'gpt2'"):  # in transformers, not a card
+        models.model_card(ModelParams(name="g", path=_checkpoint(tmp_path / "c", model_type="gpt2")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(KitError, match="no config.json"):
+        models.load_model(ModelParams(name="e", path=str(tmp_path / "empty")))
+
+
+def test_missing_hub_model_offline_is_a_kit_error():
+    with pytest.raises(KitError, match="'x'.*config.json"):
+        models.load_model(ModelParams(name="x", path="no-such-org/no-such-model"))
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_load_model_uses_the_cards_auto_class_and_params(arch, tiny_models, monkeypatch):
+    import transformers
+
+    card = get_model_card(arch)
+    auto = getattr(transformers, card.auto_class)
+    seen = []
+    real = auto.from_pretrained
+    monkeypatch.setattr(auto, "from_pretrained", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    path = str(tiny_models(arch))
+    model = models.load_model(ModelParams(name="m", path=path, card=arch, dtype="bfloat16",
+                                          attn_implementation="eager"))
+    assert type(model).__name__ == card.architecture
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert model.config._attn_implementation == "eager"
+    assert seen[-1]["use_safetensors"] is True and seen[-1]["trust_remote_code"] is False
+    model = models.load_model(ModelParams(name="m", path=path, dtype="bfloat16"), dtype=torch.float32,
+                              attn_implementation="sdpa")  # arguments override the params
+    assert next(model.parameters()).dtype == torch.float32 and model.config._attn_implementation == "sdpa"
+    assert seen[-1]["dtype"] is torch.float32
+    models.load_model(ModelParams(name="m", path=path))
+    assert seen[-1]["dtype"] == "auto" and "attn_implementation" not in seen[-1]
+
+
+def test_a_card_that_does_not_fit_the_checkpoint_is_refused(tiny_models):
+    mp = ModelParams(name="m", path=str(tiny_models("llama")), card="bloom")
+    with pytest.raises(KitError, match="card 'bloom'.*model_type bloom.*'llama'"):
+        models.load_model(mp)
+    assert models.resolve_card(mp.model_copy(update={"card": None}), {"model_type": "llama"}).name == "llama"
+    assert models.model_card(ModelParams(name="m", path="tiny:glm")).wrap_class == "GlmDecoderLayer"
+
+
+def test_resolve_dtype():
+    assert models.resolve_dtype("auto") == "auto" and models.resolve_dtype(None) is None
+    assert models.resolve_dtype("bfloat16") is torch.bfloat16 and models.resolve_dtype(torch.float16) is torch.float16
+    with pytest.raises(KitError, match="unknown dtype"):
+        models.resolve_dtype("int4")
+
+
+# --------------------------------------------------------------------------------------------- special tokens
+
+
+def _load(tiny_models, arch):
+    mp = ModelParams(name=arch, path=str(tiny_models(arch)))
+    return models.load_tokenizer(mp), models.load_model(mp)
+
+
+def _runs(tok, model):
+    batch = tok([EN, ZH], return_tensors="pt", padding=True)
+    assert (batch.input_ids == tok.pad_token_id).any()  # the shorter text was padded
+    with torch.no_grad():
+        out = model(**batch, labels=batch.input_ids.masked_fill(batch.attention_mask == 0, -100))
+    assert torch.isfinite(out.loss)
+
+
+def test_missing_pad_token_gets_stanfords_pad_with_mean_rows(tiny_models):
+    tok, model = _load(tiny_models, "llama")  # untied input and output embeddings, like LLaMA-7B
+    tok.pad_token = None
+    vocab = len(tok)
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    old_out = model.get_output_embeddings().weight.detach().clone()
+    assert models.add_special_tokens(tok, model) == 1
+    assert tok.pad_token == models.DEFAULT_PAD_TOKEN == "[PAD]" and tok.pad_token_id == vocab == len(tok) - 1
+    new_in, new_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert new_in.shape[0] == new_out.shape[0] == vocab + 1 == model.config.vocab_size
+    torch.testing.assert_close(new_in[vocab], old_in.mean(dim=0))
+    torch.testing.assert_close(new_out[vocab], old_out.mean(dim=0))
+    assert torch.equal(new_in[:vocab], old_in) and torch.equal(new_out[:vocab], old_out)
+    assert model.config.pad_token_id == model.generation_config.pad_token_id == vocab
+    _runs(tok, model)
+
+
+def test_tied_embeddings_and_spare_rows(tiny_models):
+    tok, model = _load(tiny_models, "t5")  # tied at tiny size
+    model.resize_token_embeddings(len(tok) + 8)  # spare rows past the vocabulary, like Flan-T5's 32128 for 32100
+    rows = model.get_input_embeddings().weight.shape[0]
+    old = model.get_input_embeddings().weight.detach().clone()
+    tok.pad_token = None
+    assert models.add_special_tokens(tok, model) == 1
+    weight = model.get_input_embeddings().weight
+    assert weight.shape[0] == rows  # the new token fits: nothing shrinks, nothing grows
+    torch.testing.assert_close(weight[tok.pad_token_id], old[: len(tok) - 1].mean(dim=0))
+    _runs(tok, model)
+
+
+def test_undeclared_tokens_already_in_the_vocabulary_are_declared_not_added(tiny_models):
+    tok, model = _load(tiny_models, "opt")
+    tok.bos_token, tok.unk_token = None, None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert models.add_special_tokens(tok, model) == 0
+    assert (tok.bos_token, tok.unk_token, tok.bos_token_id, tok.unk_token_id) == ("<s>", "<unk>", 1, 3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_nothing_changes_when_all_special_tokens_exist(arch, tiny_models):
+    tok, model = _load(tiny_models, arch)
+    vocab, before = len(tok), {k: v.clone() for k, v in model.state_dict().items()}
+    assert models.add_special_tokens(tok, model) == 0
+    assert len(tok) == vocab and model.config.pad_token_id == models.PAD
+    assert before.keys() == model.state_dict().keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -23,7 +23,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_study_writes_the_report(smoke_run):
     manifest, run_dir = smoke_run
     assert manifest["status"] == "ok"
-    for name in ("01_explore_data.ipynb", "01_explore_data.html", "manifest.json", "index.html",
+    for name in ("01_explore_data.ipynb", "01_explore_data.html", "02_train_fsdp.html", "manifest.json", "index.html",
                  "artifacts/explore/summary.json", "artifacts/explore/token_lengths.csv"):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.rglob("*.partial*"))  # everything renamed into place
@@ -40,8 +40,9 @@ def test_manifest_has_provenance(smoke_run):
     files = {f["source"]: f for f in m["data_files"]}
     assert set(files) == {"alpaca", "chinese_alpaca", "belle"}
     assert all(f["sha256"] == sha256_file(f["path"]) for f in files.values())
-    (nb,) = m["notebooks"]
-    assert (nb["notebook"], nb["status"]) == ("01_explore_data.ipynb", "ok") and nb["duration_s"] > 0
+    assert [(nb["notebook"], nb["status"]) for nb in m["notebooks"]] == [("01_explore_data.ipynb", "ok"),
+                                                                         ("02_train_fsdp.ipynb", "ok")]
+    assert all(nb["duration_s"] > 0 for nb in m["notebooks"])
 
 
 def test_html_and_index_say_what_they_should(smoke_run):
@@ -66,6 +67,12 @@ def test_html_and_index_say_what_they_should(smoke_run):
     assert set(data["removed"]) == {"exact_dedup", "near_dedup", "length_filter", "decontaminate"}
     assert data["contamination"]["items"] == 311 and (run_dir / "artifacts/data/mix.jsonl").is_file()
     assert 'id="data-flow"' in index and 'id="contamination"' in index
+    (trained,) = m["train"]  # the default study tunes the tiny LLaMA under FSDP on 2 CPU processes
+    assert trained["model"] == "tiny-llama" and trained["steps"] == 30 and trained["last_loss"] < trained["first_loss"]
+    assert trained["fsdp"]["distributed_type"] == "FSDP" and trained["fsdp"]["sharded"]
+    assert trained["packing_efficiency"] > 0.9 > trained["padded_efficiency"]
+    assert (Path(trained["final"]) / "model.safetensors").is_file() and 'id="training"' in index
+    assert "FSDP engaged" in (run_dir / "02_train_fsdp.html").read_text()
     executed = nbformat.read(run_dir / "01_explore_data.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert outputs and not [o for o in outputs if o.output_type == "error"]
