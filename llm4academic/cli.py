@@ -92,26 +92,27 @@ def models_tiny(out_dir: Annotated[Path, typer.Argument(help="directory to write
     typer.echo(str(path))
 
 
-@models_app.command("catalog")
-def models_catalog(as_json: Annotated[bool, typer.Option("--json")] = False):
-    """The model cards: family, the seed's model, architecture, FSDP wrap class, template, remote code."""
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON records instead of a table")]
+
+
+def _show_catalog(kind: str, as_json: bool) -> None:
     from . import catalog
 
-    if as_json:
-        typer.echo(catalog.model_frame().to_json(orient="records", force_ascii=False, indent=2))
-    else:
-        typer.echo(catalog.format_model_table())
+    frame, table = {"models": (catalog.model_frame, catalog.format_model_table),
+                    "data": (catalog.catalog_frame, catalog.format_table)}[kind]
+    typer.echo(frame().to_json(orient="records", force_ascii=False, indent=2) if as_json else table())
+
+
+@models_app.command("catalog")
+def models_catalog(as_json: JsonOpt = False):
+    """The model cards: family, the seed's model, architecture, FSDP wrap class, template, remote code."""
+    _show_catalog("models", as_json)
 
 
 @data_app.command("catalog")
-def data_catalog(as_json: Annotated[bool, typer.Option("--json")] = False):
+def data_catalog(as_json: JsonOpt = False):
     """The seed's catalogue of open instruction datasets (languages, producer, size, format, licence, link)."""
-    from . import catalog
-
-    if as_json:
-        typer.echo(catalog.catalog_frame().to_json(orient="records", force_ascii=False, indent=2))
-    else:
-        typer.echo(catalog.format_table())
+    _show_catalog("data", as_json)
 
 
 @data_app.command("formats")

@@ -128,13 +128,13 @@ def make_accelerator(tp, card, on_cpu: bool):
     return acc
 
 
-def fsdp_report(acc, model) -> dict:
-    """What engaged: distributed type, world size, and how the parameters are held (sharded or not)."""
-    local = full = 0
+def fsdp_report(acc, model, full: int) -> dict:
+    """What engaged: distributed type, world size, and how the parameters are held: ``full`` parameters in the
+    model, ``local`` on this rank (a DTensor's local shard under FSDP2, the flat shard's views under FSDP1)."""
+    local = 0
     kinds = set()
     for p in model.parameters():
         kinds.add(type(p).__name__)
-        full += p.numel()
         local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
     return {"distributed_type": str(acc.distributed_type).split(".")[-1], "num_processes": acc.num_processes,
             "fsdp_version": getattr(getattr(acc.state, "fsdp_plugin", None), "fsdp_version", None)
@@ -215,7 +215,6 @@ def save_final(acc, model, tokenizer, out: Path, card, lora_save: str | None) ->
     """A consolidated checkpoint ``from_pretrained`` loads: the full state dict is gathered to CPU on the main
     process (never the whole model on one GPU), loaded into a meta-device copy and saved as safetensors."""
     import torch
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     final = out / "final"
@@ -226,12 +225,13 @@ def save_final(acc, model, tokenizer, out: Path, card, lora_save: str | None) ->
             inner = acc.unwrap_model(model)
             (inner if lora_save == "adapter" else inner.merge_and_unload()).save_pretrained(tmp)
     else:
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        sd = _full_state_dict(acc, model)
         if acc.is_main_process:
             _fresh(tmp)
             auto = AutoModelForCausalLM if card.kind == "causal" else AutoModelForSeq2SeqLM
             with torch.device("meta"):
                 fresh = auto.from_config(acc.unwrap_model(model).config)
+            sd = {k: v for k, v in sd.items() if k in fresh.state_dict()}  # persistent entries only
             fresh.load_state_dict(sd, assign=True, strict=True)
             fresh.tie_weights()
             fresh.save_pretrained(tmp)
@@ -242,6 +242,24 @@ def save_final(acc, model, tokenizer, out: Path, card, lora_save: str | None) ->
         os.replace(tmp, final)
     acc.wait_for_everyone()
     return final
+
+
+def _full_state_dict(acc, model) -> dict:
+    """The whole model's weights on the main process's CPU. FSDP2 (and DDP): torch's full state dict with CPU
+    offload. FSDP1 on CPU crashes in that path (SIGSEGV), so its parameters are gathered with
+    ``summon_full_params`` and copied out under their original names."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    if not isinstance(model, FSDP):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    sd = {}
+    with FSDP.summon_full_params(model, writeback=False):
+        if acc.is_main_process:
+            for name, t in [*model.named_parameters(), *model.named_buffers()]:
+                key = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+                sd[key] = t.detach().clone()
+    return sd
 
 
 def _fresh(path: Path) -> None:
@@ -296,14 +314,22 @@ def worker(job: dict) -> None:
                                             or "sdpa", dtype=dtype) if "seq_lens" in ds.column_names
                          else sft.PaddedCollator(tokenizer))
     loader = _loader(ds, tp, collator, params.seed, card.kind != "causal")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tp.learning_rate,
-                                  weight_decay=tp.weight_decay)
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    full_size = sum(p.numel() for p in model.parameters())
+
+    def adamw(m):
+        return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=tp.learning_rate,
+                                 weight_decay=tp.weight_decay)
+
+    if tp.fsdp.enabled and tp.fsdp.version == 1:  # FSDP1: the optimizer must see the wrapped (flat) parameters
+        model = acc.prepare(model)
+        optimizer, loader = acc.prepare(adamw(model), loader)
+    else:  # FSDP2 (and DDP): model and optimizer are prepared together
+        model, optimizer, loader = acc.prepare(model, adamw(model), loader)
     steps_per_epoch = math.ceil(len(loader) / tp.gradient_accumulation_steps)
     total = min(tp.max_steps or 10**12, math.ceil(steps_per_epoch * tp.num_epochs))
     scheduler = get_scheduler(tp.lr_scheduler, optimizer, num_warmup_steps=math.ceil(tp.warmup_ratio * total),
                               num_training_steps=total)
-    check = fsdp_report(acc, model)
+    check = fsdp_report(acc, model, full_size)
     if acc.is_main_process:
         atomic_write(out / "fsdp.json", json.dumps(check, indent=2))
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
@@ -469,8 +495,14 @@ def launch(params_path: str | Path, run_dir: str | Path, model: str, overrides: 
     stats = build_dataset(params, mp, run_dir)
     job = {"params_path": str(Path(params_path).resolve()), "overrides": list(overrides),
            "run_dir": str(Path(run_dir).resolve()), "model": model, "stop_after": stop_after}
-    notebook_launcher(worker, args=(job,), num_processes=params.train.num_processes,
-                      use_port=str(params.train.main_process_port))
+    import torch
+
+    n = params.train.num_processes
+    cpu = params.train.cpu if params.train.cpu is not None else not torch.cuda.is_available()
+    print(f"Training {model}: {n} worker process(es) on {'CPU (gloo)' if cpu else 'GPU'} "
+          f"({'FSDP' + str(params.train.fsdp.version) if params.train.fsdp.enabled else 'DDP'}); accelerate's "
+          "launcher below may call them CUDAs either way.", flush=True)
+    notebook_launcher(worker, args=(job,), num_processes=n, use_port=str(params.train.main_process_port))
     out = output_dir(run_dir, model)
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     return {**summary, "data": stats}

@@ -42,11 +42,20 @@ def test_smoke_params_load_and_resolve():
     assert all(not m.trust_remote_code for m in p.models)
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "params").glob("**/*.yaml")), ids=lambda p: p.name)
+STUDY_PARAMS = sorted(p for p in (ROOT / "params").glob("**/*.yaml") if p.parent.name != "accelerate")
+
+
+@pytest.mark.parametrize("path", STUDY_PARAMS, ids=lambda p: p.name)
 def test_every_params_file_validates(path):
-    if path.parent.name == "accelerate":  # hardware configs for `accelerate launch`, not study params
-        pytest.skip("accelerate config")
     load_params(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "params" / "accelerate").glob("*.yaml")), ids=lambda p: p.name)
+def test_accelerate_configs_describe_fsdp_hardware(path):
+    """params/accelerate/ holds `accelerate launch` configs (the hardware axis), not study params."""
+    cfg = yaml.safe_load(path.read_text())
+    assert cfg["distributed_type"] == "FSDP" and cfg["fsdp_config"]["fsdp_version"] == 2
+    assert cfg["num_processes"] % cfg["num_machines"] == 0 and cfg["mixed_precision"] == "bf16"
 
 
 def test_unknown_key_names_file_line_and_key_path(tmp_path):

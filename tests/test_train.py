@@ -43,14 +43,15 @@ def metrics(run_dir, model):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.mark.parametrize("arch,port", [("llama", 29611), ("bloom", 29612), ("opt", 29613), ("t5", 29614)])
-def test_fsdp_on_two_cpu_processes(arch, port, tmp_path):
-    overrides = study(arch, port)
+@pytest.mark.parametrize("arch,port,version", [("llama", 29611, 2), ("bloom", 29612, 2), ("opt", 29613, 2),
+                                               ("t5", 29614, 2), ("llama", 29615, 1)])
+def test_fsdp_on_two_cpu_processes(arch, port, version, tmp_path):
+    overrides = study(arch, port, f"train.fsdp.version={version}")
     result = launch(tmp_path, f"tiny-{arch}", overrides)
     fsdp = result["fsdp"]
-    assert fsdp["distributed_type"] == "FSDP" and fsdp["num_processes"] == 2 and fsdp["fsdp_version"] == 2
-    assert fsdp["sharded"] and fsdp["parameter_types"] == ["DTensor"]
-    assert fsdp["local_parameters"] < fsdp["parameters"]
+    assert fsdp["distributed_type"] == "FSDP" and fsdp["num_processes"] == 2 and fsdp["fsdp_version"] == version
+    assert fsdp["sharded"] and fsdp["parameter_types"] == (["DTensor"] if version == 2 else ["Parameter"])
+    assert fsdp["local_parameters"] <= fsdp["parameters"] // 2 + 64  # each of the 2 ranks holds about half
     rows = metrics(tmp_path, f"tiny-{arch}")
     assert [r["step"] for r in rows] == list(range(1, 9))
     losses = [r["loss"] for r in rows]
@@ -64,8 +65,7 @@ def test_fsdp_on_two_cpu_processes(arch, port, tmp_path):
     with torch.no_grad():
         loss = model(**batch, labels=batch["input_ids"]).loss
     assert torch.isfinite(loss)
-    params = load_params(SMOKE, overrides)
-    assert sum(p.numel() for p in model.parameters()) == fsdp["parameters"] or params.train.method == "full"
+    assert sum(p.numel() for p in model.parameters()) == fsdp["parameters"]
 
 
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
