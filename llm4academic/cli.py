@@ -19,9 +19,14 @@ models_app = typer.Typer(no_args_is_help=True, help="Offline models for tests an
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(no_args_is_help=True, help="Instruction datasets: catalogue, formats, inspection.")
 app.add_typer(data_app, name="data")
+zbench_app = typer.Typer(no_args_is_help=True, help="Z-Bench: the 14 reference models' leaderboard.")
+app.add_typer(zbench_app, name="zbench")
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a param: KEY=VALUE (YAML value), "
                                                      "e.g. --set data.sources[0].max_records=100")]
+
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON records instead of a table")]
 
 
 @contextmanager
@@ -66,6 +71,37 @@ def train(params: Annotated[Path, typer.Argument(help="the study's params YAML")
 
 
 @app.command()
+def evaluate(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+             set_: SetOpt = None,
+             run_dir: Annotated[Optional[Path], typer.Option(help="default: reports/<study name>")] = None):
+    """Answer and score the study's Z-Bench slice (what 03_evaluate_zbench.ipynb runs), without the notebook."""
+    from . import evaluate as ev
+    from .pipeline import default_reports_dir
+
+    with user_errors():
+        study = load_params(params, set_ or [])
+        result = ev.run(study, run_dir or default_reports_dir() / study.name)
+    overall = result["summary"][result["summary"]["split"] == "overall"]
+    typer.echo(overall.pivot_table(index="model", columns="scorer", values="score").round(3).to_string())
+
+
+@zbench_app.command("leaderboard")
+def zbench_leaderboard(split: Annotated[Optional[list[str]], typer.Option(help="basic, advanced or domain")] = None,
+                       as_json: JsonOpt = False):
+    """Score the 14 reference models' shipped Z-Bench answers with the reference scorers (with CIs, coverage)."""
+    from .scoring import leaderboard, leaderboard_json
+
+    with user_errors():
+        if as_json:
+            typer.echo(json.dumps(leaderboard_json(split or None), indent=2, ensure_ascii=False))
+            return
+        table = leaderboard(split or None)
+    shown = table.assign(score=table["score"].round(3), ci=[f"[{a:.2f}, {b:.2f}]" for a, b in
+                                                          zip(table["ci_low"], table["ci_high"])])
+    typer.echo(shown[["split", "scorer", "model", "n", "coverage", "score", "ci"]].to_string(index=False))
+
+
+@app.command()
 def config(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
            set_: SetOpt = None,
            as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False):
@@ -90,9 +126,6 @@ def models_tiny(out_dir: Annotated[Path, typer.Argument(help="directory to write
         raise typer.Exit(2)
     path = build_tiny(arch, out_dir, seed=seed)
     typer.echo(str(path))
-
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON records instead of a table")]
 
 
 def _show_catalog(kind: str, as_json: bool) -> None:

@@ -23,8 +23,8 @@ RESOURCES_DIR = PACKAGE_DIR / "resources"
 PKG_PREFIX = "pkg:"  # paths inside the package's shipped resources, e.g. pkg:instruct/alpaca/...
 
 # The study's steps, in the order they run; pipeline.py maps each to its notebook.
-STEPS: tuple[str, ...] = ("explore", "train")
-Step = Literal["explore", "train"]
+STEPS: tuple[str, ...] = ("explore", "train", "evaluate")
+Step = Literal["explore", "train", "evaluate"]
 
 # On-disk formats data/formats.py reads (``format: auto`` detects them from the fields).
 FORMAT_NAMES: tuple[str, ...] = ("alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all")
@@ -295,6 +295,29 @@ class ExploreParams(_Strict):
     sample_records: int = Field(default=6, ge=0, le=200, description="records shown per source")
 
 
+class JudgeParams(_Strict):
+    model: str | None = Field(default=None, description="a study model's name, or a local path / hub id of an "
+                              "HF causal model that grades answers 1-10; unset = no judge")
+    baseline: str | None = Field(default=None, description="pairwise: compare each model with this one "
+                                 "(a study model or a Z-Bench reference model), judged in both orders")
+
+
+class EvaluateParams(_Strict):
+    splits: list[Literal["basic", "advanced", "domain"]] = Field(
+        default_factory=lambda: ["basic", "advanced", "domain"], min_length=1)
+    limit: PositiveInt | None = Field(default=None, description="the first N prompts of each split")
+    base: bool = Field(default=True, description="evaluate the base models")
+    tuned: bool = Field(default=True, description="evaluate the models the train step tuned")
+    max_new_tokens: PositiveInt = 256
+    batch_size: PositiveInt = 16
+    do_sample: bool = False
+    temperature: PositiveFloat = 1.0
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    scorers: list[Literal["option", "number", "contains", "rouge_l"]] = Field(
+        default_factory=lambda: ["option", "number", "contains", "rouge_l"], min_length=1)
+    judge: JudgeParams = Field(default_factory=JudgeParams)
+
+
 class ReportParams(_Strict):
     show_inputs: bool = Field(default=False, description="show code cells in the HTML reports")
     notebook_timeout_s: PositiveInt = Field(default=3600, description="a notebook running longer is stopped")
@@ -309,6 +332,7 @@ class StudyParams(_Strict):
     steps: list[Step] = Field(default_factory=lambda: list(STEPS))
     explore: ExploreParams = Field(default_factory=ExploreParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     report: ReportParams = Field(default_factory=ReportParams)
 
     @field_validator("models")

@@ -27,7 +27,8 @@ import yaml
 from . import __version__
 from .config import STEPS, KitError, atomic_write, load_params, project_root, resolved_dict, setup_environment
 
-NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb"}
+NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb",
+                             "evaluate": "03_evaluate_zbench.ipynb"}
 KERNEL_NAME = "llm4academic"
 VERSIONED = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "pandas", "seaborn", "papermill",
              "nbconvert", "pydantic")

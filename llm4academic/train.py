@@ -294,6 +294,9 @@ def worker(job: dict) -> None:
 
     from . import models, sft
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a forked worker's widget bars cannot reach the notebook
     params = load_params(job["params_path"], job.get("overrides", []))
     tp, mp = params.train, params.model(job["model"])
     out = output_dir(job["run_dir"], mp.name)

@@ -26,6 +26,17 @@ REFERENCE_MODELS: tuple[str, ...] = ("GPT3.5", "GPT4", "SenseChat", "minimax", "
 PROVENANCE = {"dataset": "Z-Bench 1.0", "by": "ZhenFund (真格基金)", "license": "CC BY 4.0",
               "upstream": "https://github.com/zhenbench/z-bench",
               "commit": "1f1195b4b11d65ebd729f6eced0ead144f57bd85"}
+# Latin-script labels for figures (fonts without CJK glyphs draw the Chinese names as boxes).
+MODEL_LABELS: dict[str, str] = {"商量": "SenseTime-Shangliang", "天工": "Tiangong", "文心": "Wenxin",
+                                "文心0427": "Wenxin-0427", "新版智谱": "Zhipu-new", "智谱": "Zhipu",
+                                "讯飞": "iFlytek-Spark", "通义千问": "Tongyi-Qianwen", "面壁": "Mianbi"}
+
+
+def model_label(name: str) -> str:
+    """A model's name in Latin script for plots (Z-Bench's Chinese names romanised; other names unchanged)."""
+    return MODEL_LABELS.get(name, name)
+
+
 COLUMNS: tuple[str, ...] = ("item_id", "split", "prompt", "tags", "reference", *REFERENCE_MODELS)
 _FIXED_COLUMNS = {"Prompt": "prompt", "任务类型": "tags", "参考回答": "reference"}
 _MODEL_KEYS = {m.casefold(): m for m in REFERENCE_MODELS}

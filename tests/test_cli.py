@@ -50,3 +50,12 @@ def test_models_catalog():
     assert r.returncode == 0 and "LlamaDecoderLayer" in r.stdout and "BloomBlock" in r.stdout
     cards = json.loads(cli("models", "catalog", "--json").stdout)
     assert {c["name"] for c in cards} == {"llama", "bloom", "opt", "t5", "glm", "chatglm"}
+
+
+def test_zbench_leaderboard_json_schema():
+    r = cli("zbench", "leaderboard", "--split", "domain", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert rows and all(set(row) >= {"model", "split", "scorer", "n", "score", "ci_low", "ci_high"} for row in rows)
+    assert {row["split"] for row in rows} == {"domain", "overall"}
+    assert len({row["model"] for row in rows}) == 14

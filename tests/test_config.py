@@ -36,7 +36,8 @@ models:
 def test_smoke_params_load_and_resolve():
     p = load_params(SMOKE)
     assert isinstance(p, StudyParams)
-    assert p.name == "smoke" and p.steps == ["explore", "train"] and p.trained_models[0].name == "tiny-llama"
+    assert p.name == "smoke" and p.steps == ["explore", "train", "evaluate"]
+    assert p.trained_models[0].name == "tiny-llama" and p.evaluate.judge.model == "tiny-llama"
     assert [s.name for s in p.data.sources] == ["alpaca", "chinese_alpaca", "belle"]
     assert all(Path(s.path).is_absolute() and Path(s.path).is_file() for s in p.data.sources)
     assert all(not m.trust_remote_code for m in p.models)

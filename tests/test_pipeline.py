@@ -40,8 +40,8 @@ def test_manifest_has_provenance(smoke_run):
     files = {f["source"]: f for f in m["data_files"]}
     assert set(files) == {"alpaca", "chinese_alpaca", "belle"}
     assert all(f["sha256"] == sha256_file(f["path"]) for f in files.values())
-    assert [(nb["notebook"], nb["status"]) for nb in m["notebooks"]] == [("01_explore_data.ipynb", "ok"),
-                                                                         ("02_train_fsdp.ipynb", "ok")]
+    assert [(nb["notebook"], nb["status"]) for nb in m["notebooks"]] == [
+        ("01_explore_data.ipynb", "ok"), ("02_train_fsdp.ipynb", "ok"), ("03_evaluate_zbench.ipynb", "ok")]
     assert all(nb["duration_s"] > 0 for nb in m["notebooks"])
 
 
@@ -73,6 +73,9 @@ def test_html_and_index_say_what_they_should(smoke_run):
     assert trained["packing_efficiency"] > 0.9 > trained["padded_efficiency"]
     assert (Path(trained["final"]) / "model.safetensors").is_file() and 'id="training"' in index
     assert "FSDP engaged" in (run_dir / "02_train_fsdp.html").read_text()
+    evaluated = json.loads((run_dir / "artifacts/evaluate/evaluate.json").read_text())
+    assert evaluated["models"] == ["tiny-llama", "tiny-bloom", "tiny-llama-tuned"]  # base and tuned
+    assert all((run_dir / f"artifacts/evaluate/zbench_{s}.csv").is_file() for s in ("basic", "advanced", "domain"))
     executed = nbformat.read(run_dir / "01_explore_data.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert outputs and not [o for o in outputs if o.output_type == "error"]

@@ -1,0 +1,211 @@
+"""Batched generation and its cache, on tiny models: batched == one by one, resume, cache keys, sampling seeds."""
+
+import json
+import os
+
+import pandas as pd
+import pytest
+import torch
+import transformers
+
+from llm4academic import generate as G
+from llm4academic.config import KitError, ModelParams
+from llm4academic.generate import GenParams, generate_answers, model_identity
+from llm4academic.models import EOS, build_tiny, load_model, load_tokenizer
+from llm4academic.zbench import load_zbench
+
+QUICK = GenParams(max_new_tokens=8, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def items():
+    """Seven Z-Bench prompts of mixed lengths (so that batches are padded)."""
+    zb = load_zbench()
+    return zb.iloc[[0, 3, 70, 101, 150, 250, 300]][["item_id", "prompt"]].reset_index(drop=True)
+
+
+def params(path, name="m", **kw) -> ModelParams:
+    return ModelParams(name=name, path=str(path), **kw)
+
+
+def run(mp, items, out, gen=QUICK, **kw):
+    return generate_answers(mp, items, out, gen, progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def eos_llama(tiny_models, tmp_path_factory):
+    """Tiny LLaMA whose EOS logit copies (×1.05) that of a token it often picks: its answers end at different steps."""
+    src = tiny_models("llama")
+    model, tok = load_model(params(src)), load_tokenizer(params(src))
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        head[EOS] = head[900] * 1.05
+    out = tmp_path_factory.mktemp("eos") / "llama"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "t5"])
+def test_batched_equals_one_by_one(arch, tiny_models, items, tmp_path):
+    mp = params(tiny_models(arch))
+    batched, rep = run(mp, items, tmp_path / "b")
+    single, _ = run(mp, items, tmp_path / "s", GenParams(max_new_tokens=8, batch_size=1))
+    assert rep.generated == len(items) and rep.batches == 2
+    assert list(batched["item_id"]) == list(items["item_id"])  # the original order, not the length order
+    for col in ("answer", "new_tokens", "finish_reason", "key"):
+        assert list(batched[col]) == list(single[col]), col
+    assert (batched["new_tokens"] > 0).all()
+
+
+def test_one_by_one_is_plain_generate(tiny_models, items, tmp_path):
+    """The kit's answer = transformers' greedy generate on the unpadded training-time prompt ids."""
+    mp = params(tiny_models("llama"))
+    df, _ = run(mp, items.iloc[:2], tmp_path, GenParams(max_new_tokens=8, batch_size=2))
+    tok, model = load_tokenizer(mp), load_model(mp)
+    ids = G.prompt_ids(G.zbench_record(items["prompt"][1]), tok, "alpaca", seq2seq=False)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+    assert df["answer"][1] == tok.decode([t for t in out if t != EOS], skip_special_tokens=True)
+
+
+def test_eos_stops_rows_at_different_steps(eos_llama, items, tmp_path):
+    mp = params(eos_llama)
+    gen = GenParams(max_new_tokens=12, batch_size=7)
+    batched, _ = run(mp, items, tmp_path / "b", gen)
+    single, _ = run(mp, items, tmp_path / "s", GenParams(max_new_tokens=12, batch_size=1))
+    assert set(batched["finish_reason"]) == {"eos", "length"}
+    assert batched.loc[batched["finish_reason"] == "length", "new_tokens"].eq(12).all()
+    assert list(batched["answer"]) == list(single["answer"])
+    assert list(batched["new_tokens"]) == list(single["new_tokens"])
+
+
+def test_long_prompt_keeps_its_end_and_fits(tiny_models, items, tmp_path):
+    """OPT's learned positions stop at 512: a longer prompt keeps BOS and its end (### Response:)."""
+    long = pd.DataFrame({"item_id": ["long"], "prompt": ["这是一个很长的问题。" * 200]})
+    mixed = pd.concat([items.iloc[:3], long], ignore_index=True)
+    mp = params(tiny_models("opt"))
+    batched, rep = run(mp, mixed, tmp_path / "b")
+    single, _ = run(mp, mixed, tmp_path / "s", GenParams(max_new_tokens=8, batch_size=1))
+    assert rep.prompts_truncated == 1 and batched["prompt_truncated"].tolist() == [False] * 3 + [True]
+    assert batched["prompt_tokens"][3] > 512
+    assert list(batched["answer"]) == list(single["answer"])
+    tok = load_tokenizer(mp)
+    ids, cut = G.fit_prompt(G.prompt_ids(G.zbench_record(long["prompt"][0]), tok, "alpaca", False), 504, 1)
+    assert cut and len(ids) == 504 and tok.decode(ids).endswith("### Response:")
+
+
+def test_resume_generates_only_the_rest(tiny_models, items, tmp_path, monkeypatch):
+    mp = params(tiny_models("llama"))
+    gen = GenParams(max_new_tokens=8, batch_size=2)
+    part, rep = run(mp, items, tmp_path, gen, stop_after_batches=2)
+    assert (rep.generated, rep.cached, rep.missing, len(part)) == (4, 0, 3, 4)
+    full, rep = run(mp, items, tmp_path, gen)
+    assert (rep.generated, rep.cached, rep.missing) == (3, 4, 0)
+    lines = [json.loads(x) for x in open(rep.cache_file, encoding="utf-8")]
+    assert len(lines) == len(items) == len({r["key"] for r in lines}) == len(full)
+    assert list(full["item_id"]) == list(items["item_id"])
+    one_by_one, _ = run(mp, items, tmp_path / "fresh", GenParams(max_new_tokens=8, batch_size=1))
+    assert list(full["answer"]) == list(one_by_one["answer"])
+    # all cached: the model is not even loaded
+    monkeypatch.setitem(G.RUNNERS, "transformers", lambda *a, **k: pytest.fail("model loaded"))
+    again, rep = run(mp, items, tmp_path, gen)
+    assert (rep.generated, rep.cached) == (0, len(items))
+    assert again.equals(full)
+
+
+def test_config_template_and_weights_are_in_the_key(tiny_models, items, tmp_path):
+    src = tiny_models("llama")
+    mp, few = params(src), items.iloc[:3]
+    _, rep = run(mp, few, tmp_path)
+    assert rep.generated == 3
+    # same answers whatever the batch size or (greedy) seed: cached
+    assert run(mp, few, tmp_path, GenParams(max_new_tokens=8, batch_size=2, seed=9))[1].cached == 3
+    assert run(mp, few, tmp_path, GenParams(max_new_tokens=9, batch_size=4))[1].generated == 3
+    assert run(params(src, template="belle"), few, tmp_path)[1].generated == 3
+    assert run(params(src, dtype="bfloat16"), few, tmp_path)[1].generated == 3
+    # other weights at the same path: a new identity
+    model = tmp_path / "model"
+    build_tiny("llama", model, seed=0)
+    first = run(params(model), few, tmp_path)[1]
+    build_tiny("llama", model, seed=1)
+    second = run(params(model), few, tmp_path)[1]
+    assert second.generated == 3 and second.identity != first.identity and second.cache_file != first.cache_file
+
+
+def test_identity_hashes_each_file_once(tmp_path, monkeypatch):
+    import hashlib
+
+    model = build_tiny("opt", tmp_path / "opt")
+    calls = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda fh, name: calls.append(fh.name) or real(fh, name))
+    first = model_identity(str(model))
+    assert first.startswith(f"{model.resolve()}@sha256:") and any(c.endswith(".safetensors") for c in calls)
+    calls.clear()
+    assert model_identity(str(model)) == first and calls == []
+    G._MEMO.clear()  # a new process: the memo file still knows the hashes
+    assert model_identity(str(model)) == first and calls == []
+    weights = model / "model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes: hashed again, same id
+    assert model_identity(str(model)) == first and [os.path.basename(c) for c in calls] == ["model.safetensors"]
+
+
+def test_truncated_last_line_is_dropped_and_reported(tiny_models, items, tmp_path):
+    mp, few = params(tiny_models("llama")), items.iloc[:3]
+    _, rep = run(mp, few, tmp_path)
+    path = rep.cache_file
+    lines = open(path, encoding="utf-8").read().splitlines(keepends=True)
+    with open(path, "w", encoding="utf-8") as fh:  # the last row half written, as after a crash
+        fh.writelines(lines[:-1] + [lines[-1][:50]])
+    with pytest.warns(UserWarning, match="half-written"):
+        df, rep = run(mp, few, tmp_path)
+    assert rep.dropped_partial_line and (rep.cached, rep.generated) == (2, 1) and len(df) == 3
+    rows = [json.loads(x) for x in open(path, encoding="utf-8")]
+    assert len(rows) == 3 == len({r["key"] for r in rows})
+    lines = open(path, encoding="utf-8").read().splitlines(keepends=True)
+    with open(path, "w", encoding="utf-8") as fh:  # a broken line in the middle is not guessed at
+        fh.writelines([lines[0], "{oops\n", *lines[1:]])
+    with pytest.raises(KitError, match=r"\.jsonl:2: not a generation row"):
+        run(mp, few, tmp_path)
+
+
+def test_sampling_is_seeded_per_prompt(tiny_models, items, tmp_path):
+    mp = params(tiny_models("llama"))
+    sample = GenParams(max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9, seed=1, batch_size=4)
+    a, _ = run(mp, items, tmp_path / "a", sample)
+    b, _ = run(mp, items, tmp_path / "b", GenParams(**{**sample.__dict__, "batch_size": 1}))
+    c, _ = run(mp, items, tmp_path / "c", GenParams(**{**sample.__dict__, "seed": 2}))
+    greedy, _ = run(mp, items, tmp_path / "g")
+    assert list(a["answer"]) == list(b["answer"])  # the same draws whatever the batch
+    assert list(a["answer"]) != list(c["answer"]) and list(a["answer"]) != list(greedy["answer"])
+    assert a["generation"][0] == {"max_new_tokens": 8, "do_sample": True, "temperature": 1.5, "top_p": 0.9, "seed": 1}
+
+
+def test_rows_carry_provenance_and_shared_prompts_run_once(tiny_models, items, tmp_path):
+    twice = pd.DataFrame({"item_id": ["x", "y", "z"], "prompt": [items["prompt"][0], items["prompt"][1],
+                                                                 items["prompt"][0]]})
+    df, rep = run(params(tiny_models("t5"), name="t5-base"), twice, tmp_path, limit=3)
+    assert rep.generated == 2 and list(df["item_id"]) == ["x", "y", "z"] and df["key"][0] == df["key"][2]
+    row = df.iloc[1]
+    assert (row["backend"], row["dtype"], row["batch_size"], row["model"], row["template"]) == (
+        "transformers", "float32", 4, "t5-base", "alpaca")
+    assert row["generation"] == {"max_new_tokens": 8, "do_sample": False}
+    assert row["versions"] == {"torch": torch.__version__, "transformers": transformers.__version__}
+    assert row["finish_reason"] in ("eos", "length") and row["seconds"] > 0 and row["prompt"] == items["prompt"][1]
+    assert row["model_identity"] == rep.identity and df.attrs["generation"]["generated"] == 2
+
+
+def test_bad_requests_are_kit_errors(tiny_models, items, tmp_path):
+    mp = params(tiny_models("llama"))
+    with pytest.raises(KitError, match="top_p"):
+        GenParams(top_p=0)
+    with pytest.raises(KitError, match="unknown generation backend"):
+        run(mp, items, tmp_path, backend="tgi")
+    with pytest.raises(KitError, match="item_id"):
+        run(mp, items.rename(columns={"item_id": "id"}), tmp_path)
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        with pytest.raises(KitError, match="vllm package"):
+            run(mp, items, tmp_path, backend="vllm")
