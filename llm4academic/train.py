@@ -270,14 +270,15 @@ def _fresh(path: Path) -> None:
 # --------------------------------------------------------------------------------------------- the worker
 
 
-def _loader(ds, tp, collator, seed: int, seq2seq: bool):
+def _loader(ds, tp, collator, seed: int):
+    """Shuffled batches (accelerate's seedable sampler reshuffles per epoch); padding mode may group by length."""
     import torch
     from torch.utils.data import DataLoader
 
     from . import sft
 
     g = torch.Generator().manual_seed(seed)
-    if tp.group_by_length and not tp.packing:
+    if tp.group_by_length and "seq_lens" not in ds.column_names:
         lengths = [len(x) for x in ds.select_columns(["input_ids"]).to_dict()["input_ids"]]
         batches = sft.length_grouped_batches(lengths, tp.per_device_batch_size, seed)
         return DataLoader(ds, batch_sampler=batches, collate_fn=collator)
@@ -316,7 +317,7 @@ def worker(job: dict) -> None:
     collator = _Counting(sft.PackedCollator(tokenizer.pad_token_id, attn_implementation=mp.attn_implementation
                                             or "sdpa", dtype=dtype) if "seq_lens" in ds.column_names
                          else sft.PaddedCollator(tokenizer))
-    loader = _loader(ds, tp, collator, params.seed, card.kind != "causal")
+    loader = _loader(ds, tp, collator, params.seed)
     full_size = sum(p.numel() for p in model.parameters())
 
     def adamw(m):
