@@ -90,6 +90,13 @@ def build_dataset(params: StudyParams, mp: ModelParams, run_dir: str | Path) -> 
 # --------------------------------------------------------------------------------------------- accelerator
 
 
+def trains_on_cpu(tp) -> bool:
+    """``train.cpu``, or — when unset — whether no GPU is visible."""
+    import torch
+
+    return tp.cpu if tp.cpu is not None else not torch.cuda.is_available()
+
+
 def make_accelerator(tp, card, on_cpu: bool):
     """An ``Accelerator`` with the FSDP plugin (full shard, auto-wrap on the card's layer class) — really FSDP on
     CPU too: accelerate 1.15 would quietly fall back to DDP there, so the state is switched to FSDP by hand."""
@@ -301,7 +308,7 @@ def worker(job: dict) -> None:
     params = load_params(job["params_path"], job.get("overrides", []))
     tp, mp = params.train, params.model(job["model"])
     out = output_dir(job["run_dir"], mp.name)
-    on_cpu = tp.cpu if tp.cpu is not None else not torch.cuda.is_available()
+    on_cpu = trains_on_cpu(tp)
     card = models.model_card(mp)
     acc = make_accelerator(tp, card, on_cpu)
     set_seed(params.seed)
@@ -499,10 +506,9 @@ def launch(params_path: str | Path, run_dir: str | Path, model: str, overrides: 
     stats = build_dataset(params, mp, run_dir)
     job = {"params_path": str(Path(params_path).resolve()), "overrides": list(overrides),
            "run_dir": str(Path(run_dir).resolve()), "model": model, "stop_after": stop_after}
-    import torch
 
     n = params.train.num_processes
-    cpu = params.train.cpu if params.train.cpu is not None else not torch.cuda.is_available()
+    cpu = trains_on_cpu(params.train)
     print(f"Training {model}: {n} worker process(es) on {'CPU (gloo)' if cpu else 'GPU'} "
           f"({'FSDP' + str(params.train.fsdp.version) if params.train.fsdp.enabled else 'DDP'}); accelerate's "
           "launcher below may call them CUDAs either way.", flush=True)
@@ -516,7 +522,6 @@ def run_distributed(params_path: str | Path, run_dir: str | Path, model: str | N
                     overrides: list[str] | tuple = ()) -> None:
     """``llm4academic train``: this process is one of the workers that ``accelerate launch`` / torchrun started.
     The local main process of each node builds the dataset first; then every process runs ``worker``."""
-    import torch
     from accelerate import PartialState
 
     params = load_params(params_path, overrides)
@@ -525,7 +530,7 @@ def run_distributed(params_path: str | Path, run_dir: str | Path, model: str | N
         raise KitError(f"--model: the study trains {len(names)} models ({', '.join(names)}); name one per launch")
     model = model or names[0]
     mp = params.model(model)
-    on_cpu = params.train.cpu if params.train.cpu is not None else not torch.cuda.is_available()
+    on_cpu = trains_on_cpu(params.train)
     state = PartialState(cpu=on_cpu)
     with state.local_main_process_first():
         if state.is_local_main_process:
