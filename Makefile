@@ -20,7 +20,7 @@ export OMP_NUM_THREADS      ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: study test lab venv clean-reports
+.PHONY: study test lab venv sysdeps clean-reports
 
 venv: $(STAMP)
 
@@ -34,11 +34,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (llm4academic)" >/dev/null
 	@touch $(STAMP)
 
+# Debian packages: headless chromium + chromedriver (the report's browser check) and a CJK font for the figures;
+# installed only when missing (apt-get, as root or with sudo).
+sysdeps:
+	@scripts/install-system-deps
+
 study: $(STAMP)
 	@mkdir -p $(TMPDIR)
+	@scripts/install-system-deps || echo "make study: going on without them (figures draw Chinese tags as boxes)"
 	$(PY) -m llm4academic run params/smoke.yaml
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	@mkdir -p $(TMPDIR)
 	$(PY) -m pytest -q
 

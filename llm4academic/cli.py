@@ -85,6 +85,21 @@ def evaluate(params: Annotated[Path, typer.Argument(help="the study's params YAM
     typer.echo(overall.pivot_table(index="model", columns="scorer", values="score").round(3).to_string())
 
 
+@app.command()
+def compare(studies: Annotated[list[Path], typer.Argument(help="finished studies' report folders, e.g. "
+                                                          "reports/llama-7b reports/bloomz-7b1-mt")],
+            out: Annotated[Optional[Path], typer.Option(help="default: reports/compare-<study>-<study>…")] = None,
+            timeout_s: Annotated[int, typer.Option(help="stop the notebook after this many seconds")] = 3600):
+    """Compare finished studies in one report (04_compare_models over all of them) → <out>/index.html.
+
+    Refuses studies that evaluated different Z-Bench items or used different scorers or judges.
+    """
+    from .pipeline import run_comparison
+
+    with user_errors():
+        run_comparison(studies, out, timeout_s=timeout_s)
+
+
 @zbench_app.command("leaderboard")
 def zbench_leaderboard(split: Annotated[Optional[list[str]], typer.Option(help="basic, advanced or domain")] = None,
                        as_json: JsonOpt = False):

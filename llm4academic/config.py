@@ -15,16 +15,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, field_validator
-from pydantic import model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
 PKG_PREFIX = "pkg:"  # paths inside the package's shipped resources, e.g. pkg:instruct/alpaca/...
 
 # The study's steps, in the order they run; pipeline.py maps each to its notebook.
-STEPS: tuple[str, ...] = ("explore", "train", "evaluate")
-Step = Literal["explore", "train", "evaluate"]
+STEPS: tuple[str, ...] = ("explore", "train", "evaluate", "compare")
+Step = Literal["explore", "train", "evaluate", "compare"]
 
 # On-disk formats data/formats.py reads (``format: auto`` detects them from the fields).
 FORMAT_NAMES: tuple[str, ...] = ("alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all")
@@ -306,6 +315,8 @@ class EvaluateParams(_Strict):
     splits: list[Literal["basic", "advanced", "domain"]] = Field(
         default_factory=lambda: ["basic", "advanced", "domain"], min_length=1)
     limit: PositiveInt | None = Field(default=None, description="the first N prompts of each split")
+    items: list[str] | None = Field(default=None, min_length=1, description="exactly these Z-Bench item ids "
+                                    "(e.g. advanced-193), instead of the first `limit` of each split")
     base: bool = Field(default=True, description="evaluate the base models")
     tuned: bool = Field(default=True, description="evaluate the models the train step tuned")
     max_new_tokens: PositiveInt = 256
@@ -316,6 +327,27 @@ class EvaluateParams(_Strict):
     scorers: list[Literal["option", "number", "contains", "rouge_l"]] = Field(
         default_factory=lambda: ["option", "number", "contains", "rouge_l"], min_length=1)
     judge: JudgeParams = Field(default_factory=JudgeParams)
+
+    @model_validator(mode="after")
+    def _items_or_limit(self) -> EvaluateParams:
+        if self.items is not None:
+            if self.limit is not None:
+                raise ValueError("evaluate.items and evaluate.limit both choose the items: set one of them")
+            _check_unique(self.items, "Z-Bench item")
+            outside = [i for i in self.items if i.split("-")[0] not in self.splits]
+            if outside:
+                raise ValueError(f"evaluate.items: {', '.join(outside)} not in evaluate.splits "
+                                 f"({', '.join(self.splits)}); item ids look like basic-000, advanced-193, domain-012")
+        return self
+
+
+class CompareParams(_Strict):
+    n_boot: int = Field(default=1000, ge=100, le=100_000, description="bootstrap resamples for every interval")
+    min_tag_items: PositiveInt = Field(default=3, description="findings per task tag need this many items")
+    examples: list[str] | None = Field(default=None, description="Z-Bench item ids shown side by side; default: "
+                                       "the items on which the studied models differ most")
+    reference_models: list[str] | None = Field(default=None, description="Z-Bench reference models shown next to "
+                                               "the studied models' answers; default: the three best")
 
 
 class ReportParams(_Strict):
@@ -333,6 +365,7 @@ class StudyParams(_Strict):
     explore: ExploreParams = Field(default_factory=ExploreParams)
     train: TrainParams = Field(default_factory=TrainParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    compare: CompareParams = Field(default_factory=CompareParams)
     report: ReportParams = Field(default_factory=ReportParams)
 
     @field_validator("models")

@@ -33,11 +33,20 @@ def evaluated_models(params: StudyParams, run_dir: str | Path) -> list[ModelPara
 
 
 def zbench_items(params: StudyParams):
-    """The Z-Bench items the study evaluates: the first ``evaluate.limit`` prompts of each split."""
+    """The Z-Bench items the study evaluates: ``evaluate.items``, or the first ``evaluate.limit`` prompts of each
+    split, or all of them."""
+    from .config import ConfigError
     from .zbench import load_zbench
 
     zb = load_zbench(params.evaluate.splits)
-    if params.evaluate.limit:
+    if params.evaluate.items:
+        unknown = [i for i in params.evaluate.items if i not in set(zb["item_id"])]
+        if unknown:
+            raise ConfigError(f"evaluate.items: unknown Z-Bench item(s) {', '.join(unknown)}; ids run "
+                              f"basic-000…basic-062, advanced-000…advanced-208, domain-000…domain-038")
+        order = {item: i for i, item in enumerate(params.evaluate.items)}
+        zb = zb[zb["item_id"].isin(order)].sort_values("item_id", key=lambda c: c.map(order)).reset_index(drop=True)
+    elif params.evaluate.limit:
         zb = zb.groupby("split", sort=False).head(params.evaluate.limit).reset_index(drop=True)
     return zb
 
@@ -80,7 +89,8 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
     atomic_write(out / "summary.csv", summary.to_csv(index=False))
     atomic_write(out / "by_tag.csv", by_tag.to_csv(index=False))
     info = {"models": study_models, "reference_models": sorted(set(theirs["model"])), "items": len(zb),
-            "splits": list(ev.splits), "limit": ev.limit, "generation": gen.decoding(), "scorers": list(ev.scorers),
+            "splits": list(ev.splits), "limit": ev.limit,
+            "item_ids": list(zb["item_id"]), "generation": gen.decoding(), "scorers": list(ev.scorers),
             "cache": reports, "files": [str(f) for f in files],
             "judge": ev.judge.model_dump() if judged else None}
     if "pairwise" in judged:

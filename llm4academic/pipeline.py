@@ -28,7 +28,8 @@ from . import __version__
 from .config import STEPS, KitError, atomic_write, load_params, project_root, resolved_dict, setup_environment
 
 NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb",
-                             "evaluate": "03_evaluate_zbench.ipynb"}
+                             "evaluate": "03_evaluate_zbench.ipynb", "compare": "04_compare_models.ipynb"}
+HTML_TEMPLATE_DIR = Path(__file__).parent / "resources" / "templates" / "nbconvert"
 KERNEL_NAME = "llm4academic"
 VERSIONED = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "pandas", "seaborn", "papermill",
              "nbconvert", "pydantic")
@@ -120,7 +121,7 @@ def _failure(nb_path: Path, timed_out: bool) -> dict[str, Any] | None:
     """Which cell failed (or was running when the timeout hit), read from papermill's cell metadata."""
     try:
         nb = nbformat.read(nb_path, as_version=4)
-    except Exception:  # noqa: BLE001 — a notebook killed mid-write is reported as such
+    except Exception:
         return None
     want = "running" if timed_out else "failed"
     for i, cell in enumerate(nb.cells, 1):
@@ -135,12 +136,31 @@ def _failure(nb_path: Path, timed_out: bool) -> dict[str, Any] | None:
     return None
 
 
+WIDGET_MIME = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
+
+
+def offline_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Drop what would need a CDN to display: ipywidgets state and views (progress bars; their ``text/plain``
+    fallback stays)."""
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data")
+            if data:
+                for mime in WIDGET_MIME:
+                    data.pop(mime, None)
+    return nb
+
+
 def render_html(nb_path: Path, html_path: Path, show_inputs: bool) -> None:
+    """nbconvert's lab page without its CDN scripts (require.js, MathJax, the widget manager): tables and
+    figures are inline, so the page reads offline."""
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", exclude_input=not show_inputs,
-                            exclude_input_prompt=not show_inputs, exclude_output_prompt=not show_inputs)
-    body, _ = exporter.from_notebook_node(nbformat.read(nb_path, as_version=4))
+    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(HTML_TEMPLATE_DIR)],
+                            exclude_input=not show_inputs, exclude_input_prompt=not show_inputs,
+                            exclude_output_prompt=not show_inputs)
+    body, _ = exporter.from_notebook_node(offline_notebook(nbformat.read(nb_path, as_version=4)))
     atomic_write(html_path, body)
 
 
@@ -233,6 +253,7 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
     }
     parameters = {"params_path": str(params_path), "run_dir": str(run_dir), "overrides": list(overrides)}
     failed: dict[str, Any] | None = None
+    atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     for i, step in enumerate(params.steps, 1):
         name = NOTEBOOKS[step]
         entry: dict[str, Any] = {"step": step, "notebook": name, "ipynb": name,
@@ -253,6 +274,7 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
                 failed = entry
             say(f"    {entry['status']} in {entry['duration_s']:.1f} s → {run_dir / entry['html']}")
         manifest["notebooks"].append(entry)
+        atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
     manifest["ended"] = _now()
     manifest["status"] = "failed" if failed else "ok"
     manifest["data"] = _read_json(run_dir / "artifacts" / "data" / "data_summary.json")
@@ -306,13 +328,84 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def render_index(manifest: dict[str, Any], run_dir: Path) -> str:
-    """The study's front page: what was studied, each notebook's status, and the manifest in readable form."""
+def _templates():
     import jinja2
 
-    env = jinja2.Environment(loader=jinja2.PackageLoader("llm4academic", "resources/templates"),
-                             autoescape=True)
+    return jinja2.Environment(loader=jinja2.PackageLoader("llm4academic", "resources/templates"), autoescape=True)
+
+
+def _headline(run_dir: Path) -> dict | None:
+    headline = _read_json(run_dir / "artifacts" / "compare" / "headline.json")
+    if headline and not (headline.get("figure") and (run_dir / headline["figure"]).is_file()):
+        headline["figure"] = None
+    return headline
+
+
+def render_index(manifest: dict[str, Any], run_dir: Path) -> str:
+    """The study's front page: what was studied, the headline leaderboard, each notebook's status, and the
+    manifest in readable form. Everything is escaped (autoescape): model output and Z-Bench text stay text."""
+    env = _templates()
     explore = _read_json(run_dir / "artifacts" / "explore" / "summary.json")
     return env.get_template("index.html.j2").render(
-        m=manifest, explore=explore, manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False))
+        m=manifest, explore=explore, headline=_headline(run_dir),
+        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False))
 
+
+
+# --------------------------------------------------------------------------------------------- several studies
+
+
+def run_comparison(study_dirs: list[str | os.PathLike], out: str | os.PathLike | None = None, *,
+                   timeout_s: int = 3600, notebooks: str | os.PathLike | None = None,
+                   quiet: bool = False) -> dict[str, Any]:
+    """``04_compare_models`` over finished studies (e.g. the seed's recipes run separately on a cluster) →
+    ``<out>/index.html``. Refuses (``CompareError``, before running anything) studies whose Z-Bench slices,
+    scorers or judges differ."""
+    from .compare import load_studies
+
+    setup_environment()
+    dirs = [Path(d).resolve() for d in study_dirs]
+    if len(dirs) < 2:
+        raise KitError("compare: give at least two study report folders (reports/<study> …); a single study "
+                       "already has its comparison notebook")
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise KitError(f"compare: no such report folder: {', '.join(missing)}")
+    studies = load_studies(dirs)
+    names = [s.name for s in studies]
+    out_dir = Path(out).resolve() if out else default_reports_dir().resolve() / ("compare-" + "-".join(names))
+    if out_dir in dirs:
+        raise KitError(f"compare: --out {out_dir} is one of the compared studies; choose another folder")
+    (out_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    kernel = ensure_kernel()
+    name = NOTEBOOKS["compare"]
+    manifest: dict[str, Any] = {
+        "kind": "comparison", "study": out_dir.name, "status": "running", "started": _now(), "ended": None,
+        "studies": [{"study": s.name, "run_dir": str(s.run_dir),
+                     "index": os.path.relpath(s.run_dir / "index.html", out_dir), "seed": s.seed,
+                     "models": [s.renamed[m] for m in s.study_models],
+                     "git": (s.manifest or {}).get("git"), "started": (s.manifest or {}).get("started"),
+                     "evaluate": {k: s.evaluate.get(k) for k in ("splits", "limit", "scorers", "generation",
+                                                                  "judge")}} for s in studies],
+        "git": git_info(), **environment_info(), "notebooks": []}
+    say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say(f"comparing {', '.join(names)} → {out_dir}")
+    entry: dict[str, Any] = {"step": "compare", "notebook": name, "ipynb": name, "html": name.replace(".ipynb",
+                                                                                                     ".html")}
+    params = {"params_path": "", "run_dir": str(out_dir), "overrides": [], "studies": [str(d) for d in dirs]}
+    entry.update(execute_notebook((Path(notebooks) if notebooks else notebooks_dir()) / name, out_dir / name, params,
+                                  kernel=kernel, cwd=out_dir, timeout_s=timeout_s))
+    if (out_dir / name).exists():
+        render_html(out_dir / name, out_dir / entry["html"], False)
+    manifest["notebooks"].append(entry)
+    manifest["ended"] = _now()
+    manifest["status"] = "ok" if entry["status"] == "ok" else "failed"
+    atomic_write(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+    atomic_write(out_dir / "index.html", _templates().get_template("compare_index.html.j2").render(
+        m=manifest, headline=_headline(out_dir), manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False)))
+    if entry["status"] != "ok":
+        err = entry.get("error") or {}
+        raise StudyFailed(f"notebook {name} {entry['status']}: {err.get('ename', 'Error')}: {err.get('evalue', '')}"
+                          f"\n  report: {out_dir / 'index.html'}")
+    say(f"Report: {out_dir / 'index.html'}")
+    return manifest

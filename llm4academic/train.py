@@ -469,9 +469,15 @@ class _MetricsLog:
             self.writer.flush()
 
     def summary(self) -> dict:
+        """First and last logged loss of the whole run, resumed parts included (read back from metrics.jsonl)."""
         if self.writer is not None:
             self.writer.close()
-        return {"first_loss": self.first_loss, "last_loss": self.last_loss}
+        first, last = self.first_loss, self.last_loss
+        if self.acc.is_main_process and self.path.is_file():
+            rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if rows:
+                first, last = rows[0]["loss"], rows[-1]["loss"] if last is None else last
+        return {"first_loss": first, "last_loss": last}
 
 
 def _mfu(model, tokens_per_s, world: int) -> float | None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from conftest import ROOT, SMOKE
+
 from llm4academic.config import ConfigError
 from llm4academic.pipeline import StudyFailed, run_study, sha256_file
 
@@ -41,7 +41,8 @@ def test_manifest_has_provenance(smoke_run):
     assert set(files) == {"alpaca", "chinese_alpaca", "belle"}
     assert all(f["sha256"] == sha256_file(f["path"]) for f in files.values())
     assert [(nb["notebook"], nb["status"]) for nb in m["notebooks"]] == [
-        ("01_explore_data.ipynb", "ok"), ("02_train_fsdp.ipynb", "ok"), ("03_evaluate_zbench.ipynb", "ok")]
+        ("01_explore_data.ipynb", "ok"), ("02_train_fsdp.ipynb", "ok"), ("03_evaluate_zbench.ipynb", "ok"),
+        ("04_compare_models.ipynb", "ok")]
     assert all(nb["duration_s"] > 0 for nb in m["notebooks"])
 
 
@@ -79,6 +80,48 @@ def test_html_and_index_say_what_they_should(smoke_run):
     executed = nbformat.read(run_dir / "01_explore_data.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
     assert outputs and not [o for o in outputs if o.output_type == "error"]
+
+
+def test_comparison_notebook_and_headline(smoke_run):
+    _, run_dir = smoke_run
+    page = (run_dir / "04_compare_models.html").read_text()
+    for heading in ("Leaderboard", "Per split", "Findings", "Per task tag", "What tuning changed", "Length bias",
+                    "Judge agreement", "Training curves", "The data mix", "Answers side by side", "Provenance"):
+        assert f">{heading}<" in page, heading
+    assert page.count("data:image/png;base64") >= 7  # leaderboard, splits, tags, deltas, length, judge, curves
+    assert "bootstrap seed <strong>42</strong>" in page and "No judge ran" not in page
+    assert "cdnjs" not in page and "unpkg" not in page  # readable offline
+    headline = json.loads((run_dir / "artifacts/compare/headline.json").read_text())
+    models = [r["model"] for r in headline["rows"]]
+    assert len(models) == 17 and {"tiny-llama", "tiny-bloom", "tiny-llama-tuned", "GPT4"} <= set(models)
+    assert headline["seed"] == 42 and headline["n_items"] > 20 and headline["findings"][0].startswith("overall: ")
+    index = (run_dir / "index.html").read_text()
+    assert 'id="leaderboard"' in index and 'src="artifacts/compare/leaderboard.png"' in index
+    assert 'id="findings"' in index and 'id="recipe"' in index and "seed <code>42</code>" in index
+    assert (run_dir / "artifacts/compare/leaderboard.png").stat().st_size > 10_000
+    for nb in ("01_explore_data", "02_train_fsdp", "03_evaluate_zbench", "04_compare_models"):
+        html = (run_dir / f"{nb}.html").read_text()
+        assert "cdnjs.cloudflare.com" not in html and "application/vnd.jupyter.widget" not in html, nb
+
+
+def test_report_in_headless_chromium(smoke_run, tmp_path):
+    """The index page and the comparison notebook in a real browser, offline: the leaderboard table and the
+    figures have a size, nothing went to the console."""
+    from llm4academic.browser import Browser, chromium_available
+
+    assert chromium_available() is None, chromium_available()
+    _, run_dir = smoke_run
+    with Browser() as b:
+        index = b.check(run_dir / "index.html", tmp_path / "index.png",
+                        {"leaderboard": "table#leaderboard", "figures": "img#leaderboard-figure",
+                         "notebooks": "table#notebooks"})
+        nb = b.check(run_dir / "04_compare_models.html", tmp_path / "compare.png",
+                     {"tables": "table.dataframe", "figures": "img"})
+    assert index.problems() == [] and nb.problems() == [], (index.problems(), nb.problems())
+    assert index.elements["leaderboard"].sizes[0][1] > 200 and index.elements["figures"].sizes[0][0] > 300
+    assert nb.elements["figures"].count >= 7 and nb.elements["tables"].count >= 5
+    assert "tiny-llama-tuned" in index.inner_text and "GPT4" in index.inner_text
+    assert index.screenshot_size[0] == 1280 and (tmp_path / "compare.png").stat().st_size > 50_000
 
 
 def _failing_notebooks(tmp_path: Path, body: str) -> Path:
