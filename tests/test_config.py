@@ -36,7 +36,7 @@ models:
 def test_smoke_params_load_and_resolve():
     p = load_params(SMOKE)
     assert isinstance(p, StudyParams)
-    assert p.name == "smoke" and p.steps == ["explore", "train", "evaluate"]
+    assert p.name == "smoke" and p.steps == ["explore", "train", "evaluate", "compare"]
     assert p.trained_models[0].name == "tiny-llama" and p.evaluate.judge.model == "tiny-llama"
     assert [s.name for s in p.data.sources] == ["alpaca", "chinese_alpaca", "belle"]
     assert all(Path(s.path).is_absolute() and Path(s.path).is_file() for s in p.data.sources)
@@ -175,3 +175,23 @@ def test_data_layer_params(tmp_path):
         load_params(f, ["data.clean.near_dedup.threshold=1.5"])
     with pytest.raises(ConfigError, match=r"data.sources\[0\].format: Input should be 'auto', 'alpaca'"):
         load_params(f, ["data.sources[0].format=csv"])
+
+
+def test_evaluate_items_and_compare_params():
+    from llm4academic.evaluate import zbench_items
+
+    p = load_params(SMOKE, ["evaluate.limit=null", "evaluate.items=[domain-000, advanced-193]",
+                            "compare.examples=[advanced-193]", "compare.n_boot=200"])
+    assert list(zbench_items(p)["item_id"]) == ["domain-000", "advanced-193"]  # in the order given
+    assert p.compare.n_boot == 200 and p.compare.examples == ["advanced-193"]
+    with pytest.raises(ConfigError, match="evaluate.items and evaluate.limit both choose the items"):
+        load_params(SMOKE, ["evaluate.items=[basic-000]"])  # smoke.yaml sets limit: 8
+    with pytest.raises(ConfigError, match=r"evaluate.items: advanced-001 not in evaluate.splits \(basic\)"):
+        load_params(SMOKE, ["evaluate.limit=null", "evaluate.splits=[basic]", "evaluate.items=[advanced-001]"])
+    with pytest.raises(ConfigError, match="duplicate Z-Bench item"):
+        load_params(SMOKE, ["evaluate.limit=null", "evaluate.items=[basic-000, basic-000]"])
+    unknown = load_params(SMOKE, ["evaluate.limit=null", "evaluate.items=[basic-999]"])
+    with pytest.raises(ConfigError, match=r"unknown Z-Bench item\(s\) basic-999"):
+        zbench_items(unknown)
+    with pytest.raises(ConfigError, match="compare.n_boot"):
+        load_params(SMOKE, ["compare.n_boot=5"])

@@ -97,7 +97,7 @@ def test_recipes_carry_the_seeds_hyper_parameters():
         assert (t.learning_rate, t.weight_decay, t.lr_scheduler, t.warmup_ratio, t.num_epochs) == (
             2e-5, 0.0, "cosine", 0.03, 3)
         assert (t.mixed_precision, t.tf32, t.save_steps, t.save_total_limit) == ("bf16", True, 2000, 1)
-        assert t.fsdp.enabled and t.method == "full" and p.steps == ["explore", "train"]
+        assert t.fsdp.enabled and t.method == "full" and p.steps == ["explore", "train", "evaluate", "compare"]
         assert [s.name for s in p.data.sources] == ["alpaca", "chinese_alpaca", "belle"]
         cards[path.stem] = (p.models[0].path, p.models[0].card)
     assert cards == {"llama-7b": ("huggyllama/llama-7b", "llama"),
