@@ -100,6 +100,23 @@ def compare(studies: Annotated[list[Path], typer.Argument(help="finished studies
         run_comparison(studies, out, timeout_s=timeout_s)
 
 
+@app.command()
+def bench(quick: Annotated[bool, typer.Option("--quick", help="smaller sizes: the whole run in ~3 minutes")] = False,
+          as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with every case")] = False,
+          case: Annotated[Optional[str], typer.Option(help="comma-separated cases, e.g. P1,P3 (default: all)")] = None,
+          out: Annotated[Optional[Path], typer.Option(help="also write the JSON object to this file")] = None):
+    """Speed against stanford_alpaca's way, kit and baseline side by side in one process (benchmarks/README.md).
+
+    P1 preprocessing · P2 token efficiency · P3 training throughput · P4 generation · P5 GPU (benchmarks/gpu.py;
+    skipped without a GPU) · P6 the default study's wall time. Ratios, not absolute times, are the result.
+    """
+    from . import bench as bench_mod
+
+    argv = [*(["--quick"] if quick else []), *(["--json"] if as_json else []), *(["--case", case] if case else []),
+            *(["--out", str(out)] if out else [])]
+    raise typer.Exit(bench_mod.main(argv))
+
+
 @zbench_app.command("leaderboard")
 def zbench_leaderboard(split: Annotated[Optional[list[str]], typer.Option(help="basic, advanced or domain")] = None,
                        as_json: JsonOpt = False):

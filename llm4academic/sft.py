@@ -135,7 +135,7 @@ def encode_segments(tokenizer, texts: list[list[str]], fr: Framing) -> list[list
     (SentencePiece's dummy prefix: LLaMA, T5) does not put one at each segment start. Where the anchor's ids are
     not a prefix (the text merged into them), that segment is encoded alone."""
     flat = [t if k == 0 else ANCHOR + t for segs in texts for k, t in enumerate(segs)]
-    ids = tokenizer(flat, add_special_tokens=False, verbose=False)["input_ids"] if flat else []
+    ids = _encode_batch(tokenizer, flat)
     n, out, pos = len(fr.anchor), [], 0
     for segs in texts:
         rec = []
@@ -149,6 +149,16 @@ def encode_segments(tokenizer, texts: list[list[str]], fr: Framing) -> list[list
         out.append(rec)
         pos += len(segs)
     return out
+
+
+def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of many texts without special tokens: straight from the Rust tokenizer when there is one (the same
+    ids as ``tokenizer(texts)``, without transformers' per-text conversion), else through the tokenizer's call."""
+    if not texts:
+        return []
+    if getattr(tokenizer, "is_fast", False):
+        return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def _causal(segments, seg_ids, fr: Framing) -> tuple[list[int], list[int]]:
@@ -173,20 +183,24 @@ def _prompt_and_reply(segments) -> tuple[str, str] | None:
 
 def _tokenize_causal(rendered, tokenizer, fr: Framing, max_length: int) -> dict:
     seg_ids = encode_segments(tokenizer, [[t for t, _ in segs] for segs in rendered], fr)
-    out = {k: [] for k in ("input_ids", "labels", "_truncated", "_keep")}
+    out = {k: [] for k in ("input_ids", "labels", *HELPER_COLUMNS)}
     for segs, toks in zip(rendered, seg_ids):
         ids, labels = _causal(segs, toks, fr)
-        out["input_ids"].append(ids[:max_length])
-        out["labels"].append(labels[:max_length])
-        out["_truncated"].append(len(ids) > max_length)
-        out["_keep"].append(any(x != IGNORE_INDEX for x in labels[1:max_length]))  # label 0 is never predicted
+        ids, labels, truncated = ids[:max_length], labels[:max_length], len(ids) > max_length
+        trainable = len(labels) - labels.count(IGNORE_INDEX)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["_truncated"].append(truncated)
+        out["_keep"].append(trainable - (labels[0] != IGNORE_INDEX) > 0)  # label 0 is never predicted
+        out["_tokens"].append(len(ids))
+        out["_trainable"].append(trainable)
     return out
 
 
 def _tokenize_seq2seq(rendered, tokenizer, fr: Framing, max_length: int) -> dict:
     pairs = [_prompt_and_reply(segs) or ("", "") for segs in rendered]
     flat = tokenizer([t for pair in pairs for t in pair], add_special_tokens=False, verbose=False)["input_ids"]
-    out = {k: [] for k in ("input_ids", "attention_mask", "labels", "_truncated", "_keep")}
+    out = {k: [] for k in ("input_ids", "attention_mask", "labels", *HELPER_COLUMNS)}
     room = max_length - len(fr.prefix) - len(fr.suffix)
     for i, segs in enumerate(rendered):
         body, labels = flat[2 * i], list(flat[2 * i + 1]) + [fr.eos]
@@ -196,6 +210,8 @@ def _tokenize_seq2seq(rendered, tokenizer, fr: Framing, max_length: int) -> dict
         out["labels"].append(labels[:max_length])
         out["_truncated"].append(len(body) > room or len(labels) > max_length)
         out["_keep"].append(any(trainable for _, trainable in segs))
+        out["_tokens"].append(len(ids))
+        out["_trainable"].append(len(out["labels"][-1]))
     return out
 
 
@@ -208,16 +224,19 @@ def _tokenize_batch(batch: dict, *, tokenizer, template: str, max_length: int, f
     return out
 
 
+HELPER_COLUMNS: tuple[str, ...] = ("_truncated", "_keep", "_tokens", "_trainable")
+
+
 def _report(ds: datasets.Dataset, report: TokenizeReport) -> datasets.Dataset:
     """Fill the report from the helper columns, drop the records to drop and the helper columns."""
-    cols = ds.select_columns(["input_ids", "labels", "_truncated", "_keep"]).to_dict()
+    cols = ds.select_columns(list(HELPER_COLUMNS)).to_dict()  # small columns: the token lists stay in Arrow
     keep = cols["_keep"]
     report.records, report.truncated, report.dropped = len(keep), sum(cols["_truncated"]), keep.count(False)
-    report.tokens = sum(len(ids) for ids, k in zip(cols["input_ids"], keep) if k)
-    report.trainable_tokens = sum(sum(x != IGNORE_INDEX for x in lab) for lab, k in zip(cols["labels"], keep) if k)
+    report.tokens = sum(n for n, k in zip(cols["_tokens"], keep) if k)
+    report.trainable_tokens = sum(n for n, k in zip(cols["_trainable"], keep) if k)
     if report.dropped:
         ds = ds.select([i for i, k in enumerate(keep) if k])
-    return ds.remove_columns(["_truncated", "_keep"])
+    return ds.remove_columns(list(HELPER_COLUMNS))
 
 
 def tokenize_records(ds: datasets.Dataset, tokenizer, template: str, max_length: int, *, seq2seq: bool = False,
@@ -225,7 +244,8 @@ def tokenize_records(ds: datasets.Dataset, tokenizer, template: str, max_length:
     """Unified records → ``id, input_ids, labels`` (+ ``attention_mask`` for seq2seq) and a ``TokenizeReport``.
 
     Causal: one sequence (the tokenizer's leading special tokens, not its trailing ones), prompt labels -100, EOS
-    id after every reply, cut at ``max_length``; records left with no trainable token are dropped. Seq2seq: encoder = the text before the last reply (framed like the tokenizer:
+    id after every reply, cut at ``max_length``; records left with no trainable token are dropped.
+    Seq2seq: encoder = the text before the last reply (framed like the tokenizer:
     T5 appends ``</s>``), labels = last reply + EOS id; each side cut at ``max_length``.
     """
     get_template(template)

@@ -1,0 +1,109 @@
+"""`llm4academic bench`: the quick run's JSON schema (not its speed), the P5 GPU script's dry run, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from llm4academic import bench
+from llm4academic.config import KitError
+
+CASE_KEYS = {"id", "name", "title", "status", "reason", "goal", "goals", "ratio", "value", "metrics", "checks",
+             "passed", "repeats", "raw", "seconds"}
+
+
+def _run(*args, timeout=600):
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def quick():
+    proc = _run("-m", "llm4academic.bench", "--quick", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # stdout holds the JSON object only; progress goes to stderr
+
+
+def test_quick_json_schema(quick):
+    assert quick["schema"] == bench.SCHEMA and quick["quick"] is True
+    assert {"sha", "dirty"} <= set(quick["git"])
+    assert {"torch", "transformers", "tokenizers", "datasets"} <= set(quick["versions"])
+    assert quick["machine"]["cpu_count"] >= 1 and quick["machine"]["platform"] and quick["date"]
+    assert list(quick["cases"]) == list(bench.CASES)  # every case, in order
+    for cid, c in quick["cases"].items():
+        assert CASE_KEYS <= set(c), cid
+        assert c["id"] == cid and c["name"] and c["goal"] and c["goals"]
+        assert c["status"] in ("ok", "skipped", "error"), (cid, c["reason"])
+        assert c["status"] != "error", (cid, c["reason"], c["raw"].get("traceback"))
+        assert c["passed"] in (True, False, None)
+        if c["status"] == "ok":
+            assert c["ratio"] is not None or c["value"] is not None, cid
+            assert isinstance(c["passed"], bool) and c["repeats"] >= 1 and c["raw"], cid
+            assert all(g["measured"] is not None and isinstance(g["met"], bool) for g in c["goals"]), cid
+        else:
+            assert c["passed"] is None and c["reason"], cid
+    for cid in ("P1", "P2", "P3", "P4"):  # these always run on CPU
+        assert quick["cases"][cid]["status"] == "ok"
+    for cid in ("P1", "P3", "P4"):
+        assert quick["cases"][cid]["repeats"] >= 3  # medians of at least three
+    s = quick["summary"]
+    assert sorted(s["met"] + s["missed"] + s["not_judged"]) == sorted(quick["cases"]) and s["errors"] == []
+
+
+def test_quick_run_checks_correctness_alongside_speed(quick):
+    c = quick["cases"]
+    assert c["P1"]["checks"]["labels_identical"] is True
+    assert {"baseline", "kit", "bare"} == set(c["P1"]["raw"]["median_seconds"])
+    assert c["P2"]["raw"]["packed"]["dropped_tokens"] == 0 and "truncated_tokens" in c["P2"]["raw"]
+    assert c["P3"]["checks"]["loss_agrees"] is True
+    assert c["P3"]["raw"]["packed"]["peak_rss_mb"] > 0
+    assert c["P4"]["checks"]["outputs_identical"] is True
+    p5 = c["P5"]
+    if p5["status"] == "skipped":  # no GPU: the dry run of benchmarks/gpu.py ran instead
+        assert p5["checks"]["dry_run_ok"] is True and p5["raw"]["dry_run"]["dry_run"] is True
+    assert c["P6"]["status"] in ("ok", "skipped")  # --quick never runs the study
+    if c["P6"]["status"] == "ok":
+        assert c["P6"]["raw"]["source"] == "manifest" and c["P6"]["raw"]["timestamp"]
+
+
+def test_table_has_a_row_per_case(quick):
+    table = bench.format_table(quick)
+    assert "quick run" in table
+    for cid in bench.CASES:
+        assert f"| {cid} |" in table
+
+
+def test_gpu_script_dry_run_on_cpu(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = _run("benchmarks/gpu.py", "--dry-run", "--steps", "2", "--warmup", "1", "--seq-len", "128",
+                "--peak-tflops", "1", "--json-out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert res == json.loads(out.read_text())
+    assert {"tokens_per_s_per_gpu", "mfu", "mfu_6n", "peak_memory_gib", "peak_memory_bytes", "achieved_tflops_per_gpu",
+            "flops_per_token", "step_time_s", "fsdp", "model", "attn_implementation", "packing_efficiency",
+            "loss_first", "loss_last", "goal", "passed", "versions"} <= set(res)
+    assert res["dry_run"] is True and res["device"] == "cpu" and res["passed"] is None  # the goal is a GPU's
+    assert res["fsdp"]["dtensor_parameters"] is True  # FSDP2 really wrapped the model
+    assert res["steps"] == 2 and len(res["step_time_s"]["all"]) == 2 and res["tokens_per_s_per_gpu"] > 0
+    assert 0 < res["mfu"] < 1 and res["flops_per_token"] > 6 * res["model"]["matmul_parameters"]
+    assert res["losses_finite"] and res["peak_memory_bytes"] > 0
+
+
+def test_unknown_case_is_a_clear_error():
+    with pytest.raises(KitError, match="unknown bench case 'P9'.*P1 \\(preprocessing\\)"):
+        bench.parse_cases("P1,P9")
+    assert bench.parse_cases("p3, P1") == ["P1", "P3"]
+    assert bench.parse_cases(None) == list(bench.CASES)
+    proc = _run("-m", "llm4academic.bench", "--case", "nope", timeout=120)
+    assert proc.returncode == 2 and "unknown bench case 'NOPE'" in proc.stderr and not proc.stdout
+
+
+def test_cli_bench_command():
+    proc = _run("-m", "llm4academic", "bench", "--case", "P9", timeout=120)
+    assert proc.returncode == 2 and "unknown bench case 'P9'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _run("-m", "llm4academic", "bench", "--help", timeout=120)
+    assert proc.returncode == 0 and "--quick" in proc.stdout and "--json" in proc.stdout
