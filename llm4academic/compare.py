@@ -419,19 +419,20 @@ def judge_agreement(pairwise: pd.DataFrame | None) -> pd.DataFrame | None:
 
 
 def training_curves(studies: Sequence[Study]) -> pd.DataFrame:
-    """Long table ``model, step, metric, value`` of every trained model's logged loss and learning rate; the model
-    is named as in the comparison (its ``-tuned`` name)."""
-    from .train import curves
-
+    """Long table ``model, step, metric, value, study`` of every trained model's logged loss and learning rate, read
+    from ``artifacts/train/<model>/metrics.jsonl`` (compare.py never imports train.py); the model is named as in the
+    comparison (its ``-tuned`` name)."""
     frames = []
     for s in studies:
-        index = s.read_json("artifacts", "train", "checkpoints.json") or {}
-        names = [e["model"] for e in index.get("models", [])]
-        c = curves(s.run_dir, names)
-        if len(c):
-            c = c[c["metric"].isin(["loss", "lr"])]
-            c["model"] = c["model"].map(lambda m, s=s: s.renamed.get(f"{m}-tuned", f"{m}-tuned"))
-            frames.append(c.assign(study=s.name))
+        for entry in (s.read_json("artifacts", "train", "checkpoints.json") or {}).get("models", []):
+            log = s.run_dir / "artifacts" / "train" / entry["model"] / "metrics.jsonl"
+            if not log.is_file():
+                continue
+            rows = pd.read_json(log, lines=True)
+            name = s.renamed.get(f"{entry['model']}-tuned", f"{entry['model']}-tuned")
+            metrics = [m for m in ("loss", "lr") if m in rows]
+            frames.append(rows.melt(id_vars="step", value_vars=metrics, var_name="metric").assign(model=name,
+                                                                                                  study=s.name))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "step", "metric",
                                                                                      "value", "study"])
 

@@ -223,3 +223,13 @@ def test_headline_and_artifacts(tmp_path):
     assert good["kind"] == "study" and good["scores"]["overall"]["score"] == 0.8
     assert h["findings"][0].startswith("overall: good 0.800 vs bad 0.200")
     assert not list((run / "artifacts" / "compare").glob(".*partial*"))
+
+
+def test_compare_imports_neither_torch_nor_train():
+    import subprocess
+    import sys
+
+    code = ("import sys, llm4academic.compare; bad = [m for m in ('torch', 'llm4academic.train') if m in sys.modules];"
+            " assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
