@@ -212,7 +212,7 @@ def provenance(quick: bool) -> dict:
 
     import torch
 
-    from .pipeline import git_info
+    from .config import git_info
 
     versions = {"python": platform.python_version()}
     for pkg in ("llm4academic", "torch", "transformers", "tokenizers", "datasets", "accelerate"):

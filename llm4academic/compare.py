@@ -468,7 +468,7 @@ def data_flow(studies: Sequence[Study]) -> pd.DataFrame:
 
 def provenance(studies: Sequence[Study]) -> pd.DataFrame:
     """Per study: seed, git sha and dirty flag, the Z-Bench slice and scorers, generation settings."""
-    from .pipeline import git_info
+    from .config import git_info
 
     rows = []
     for s in studies:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -70,6 +71,22 @@ def project_root() -> Path | None:
     """The checkout the package runs from (editable install), or None for an installed wheel."""
     root = PACKAGE_DIR.parent
     return root if (root / "pyproject.toml").is_file() else None
+
+
+def git_info() -> dict[str, Any]:
+    """sha and dirty flag of the kit's checkout (``None`` outside git)."""
+    root = project_root() or Path.cwd()
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if sha else None
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
 def cache_dir() -> Path:

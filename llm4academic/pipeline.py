@@ -25,7 +25,7 @@ import nbformat
 import yaml
 
 from . import __version__
-from .config import STEPS, KitError, atomic_write, load_params, project_root, resolved_dict, setup_environment
+from .config import STEPS, KitError, atomic_write, git_info, load_params, project_root, resolved_dict, setup_environment
 
 NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb",
                              "evaluate": "03_evaluate_zbench.ipynb", "compare": "04_compare_models.ipynb"}
@@ -65,22 +65,6 @@ def notebooks_dir() -> Path:
 
 def default_reports_dir() -> Path:
     return (project_root() or Path.cwd()) / "reports"
-
-
-def git_info() -> dict[str, Any]:
-    """sha and dirty flag of the kit's checkout (``None`` outside git)."""
-    root = project_root() or Path.cwd()
-
-    def git(*args: str) -> str | None:
-        try:
-            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain") if sha else None
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
 def environment_info() -> dict[str, Any]:

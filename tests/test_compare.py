@@ -225,11 +225,12 @@ def test_headline_and_artifacts(tmp_path):
     assert not list((run / "artifacts" / "compare").glob(".*partial*"))
 
 
-def test_compare_imports_neither_torch_nor_train():
+def test_compare_sits_below_the_runner_and_the_trainer():
+    """DESIGN: compare.py never imports train.py (nor torch), and the runner (pipeline.py) sits above it."""
     import subprocess
     import sys
 
-    code = ("import sys, llm4academic.compare; bad = [m for m in ('torch', 'llm4academic.train') if m in sys.modules];"
-            " assert not bad, bad")
+    code = ("import sys, llm4academic.compare; bad = [m for m in ('torch', 'llm4academic.train', "
+            "'llm4academic.pipeline') if m in sys.modules]; assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
