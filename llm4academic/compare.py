@@ -369,19 +369,21 @@ def findings_text(table: pd.DataFrame) -> list[str]:
 # --------------------------------------------------------------------------------------------- length bias
 
 
-def answer_lengths(studies: Sequence[Study], zbench: pd.DataFrame) -> pd.DataFrame:
-    """Answer length in characters per (model, item): the studied models' generations and the reference models'
-    shipped answers on the same items."""
+def all_answers(studies: Sequence[Study], zbench: pd.DataFrame) -> pd.DataFrame:
+    """``item_id, model, answer`` on the compared items: the studied models' generations and the reference models'
+    shipped answers."""
     from .zbench import answers_long
 
     items = set(studies[0].items)
     ours = combined(studies, "answers")
-    ours = ours[["item_id", "model", "answer"]] if ours is not None else pd.DataFrame(columns=["item_id", "model",
-                                                                                                 "answer"])
-    theirs = answers_long(zbench[zbench["item_id"].isin(items)])[["item_id", "model", "answer"]]
-    both = pd.concat([ours, theirs], ignore_index=True)
-    both["chars"] = both["answer"].fillna("").astype(str).str.len()
-    return both[both["item_id"].isin(items)].drop(columns="answer").reset_index(drop=True)
+    theirs = answers_long(zbench[zbench["item_id"].isin(items)])
+    both = pd.concat([x[["item_id", "model", "answer"]] for x in (ours, theirs) if x is not None], ignore_index=True)
+    return both[both["item_id"].isin(items)].drop_duplicates(["item_id", "model"]).reset_index(drop=True)
+
+
+def answer_lengths(answers: pd.DataFrame) -> pd.DataFrame:
+    """Answer length in characters per (model, item)."""
+    return answers.assign(chars=answers["answer"].fillna("").astype(str).str.len()).drop(columns="answer")
 
 
 def length_bias(primary: pd.DataFrame, lengths: pd.DataFrame) -> pd.DataFrame:
@@ -699,6 +701,7 @@ class Comparison:
     tags: pd.DataFrame
     deltas: pd.DataFrame
     findings: pd.DataFrame
+    answers: pd.DataFrame
     lengths: pd.DataFrame
     bias: pd.DataFrame
     agreement: pd.DataFrame | None
@@ -724,13 +727,15 @@ def compare(run_dirs: Sequence[str | Path], params: StudyParams | None = None, *
     studied = study_models(studies)
     board = leaderboard(primary, studied, seed=seed, n_boot=n_boot)
     tags = by_tag(primary, zb, seed=seed, n_boot=n_boot)
-    lengths = answer_lengths(studies, zb)
+    answers = all_answers(studies, zb)
+    lengths = answer_lengths(answers)
     overall = board[board["split"] == OVERALL].sort_values("score", ascending=False)["model"].tolist()
     return Comparison(
         studies=studies, zbench=zb, scores=scores, primary=primary, studied=studied, board=board, tags=tags,
         deltas=tuning_deltas(primary, studied, seed=seed, n_boot=n_boot),
         findings=findings(primary, zb, studied, seed=seed, n_boot=n_boot, min_tag_items=min_tag_items),
-        lengths=lengths, bias=length_bias(primary, lengths), agreement=judge_agreement(combined(studies, "pairwise")),
+        answers=answers, lengths=lengths, bias=length_bias(primary, lengths),
+        agreement=judge_agreement(combined(studies, "pairwise")),
         curves=training_curves(studies), mix=data_mix(studies), flow=data_flow(studies),
         provenance=provenance(studies), colours=palette(overall, studied), seed=seed, n_boot=n_boot)
 
@@ -805,7 +810,7 @@ def sample_answers(c: Comparison, items: Sequence[str] | None = None, k: int = 4
     scores differ most. Rows per item: Z-Bench's reference answer, each studied model, then ``reference_models``
     (default: the three best on the overall leaderboard), with the primary score; answers clipped to
     ``max_chars``. A plain DataFrame: pandas renders every cell as escaped text, so HTML in answers stays text."""
-    from .zbench import answers_long, model_name
+    from .zbench import model_name
 
     if items is None:
         studied = c.primary[c.primary["model"].isin(c.studied)]
@@ -820,10 +825,7 @@ def sample_answers(c: Comparison, items: Sequence[str] | None = None, k: int = 4
         overall = c.board[(c.board["split"] == OVERALL) & (c.board["kind"] == "reference")]
         reference_models = overall.sort_values("score", ascending=False)["model"].head(3).tolist()
     refs = [model_name(m) for m in reference_models]
-    ours = combined(c.studies, "answers")
-    theirs = answers_long(c.zbench[c.zbench["item_id"].isin(items)])
-    answers = pd.concat([x[["item_id", "model", "answer"]] for x in (ours, theirs) if x is not None])
-    answer = answers.drop_duplicates(["item_id", "model"]).set_index(["item_id", "model"])["answer"]
+    answer = c.answers.set_index(["item_id", "model"])["answer"]
     score = c.primary.drop_duplicates(["item_id", "model"]).set_index(["item_id", "model"])["score"]
     zb = c.zbench.set_index("item_id")
     clip = (lambda t: t if len(t) <= max_chars else t[:max_chars] + " …")  # noqa: E731

@@ -105,7 +105,7 @@ def _failure(nb_path: Path, timed_out: bool) -> dict[str, Any] | None:
     """Which cell failed (or was running when the timeout hit), read from papermill's cell metadata."""
     try:
         nb = nbformat.read(nb_path, as_version=4)
-    except Exception:
+    except Exception:  # a notebook killed mid-write is reported as such
         return None
     want = "running" if timed_out else "failed"
     for i, cell in enumerate(nb.cells, 1):
@@ -237,7 +237,7 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
     }
     parameters = {"params_path": str(params_path), "run_dir": str(run_dir), "overrides": list(overrides)}
     failed: dict[str, Any] | None = None
-    atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+    _write_manifest(run_dir, manifest)
     for i, step in enumerate(params.steps, 1):
         name = NOTEBOOKS[step]
         entry: dict[str, Any] = {"step": step, "notebook": name, "ipynb": name,
@@ -258,12 +258,12 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
                 failed = entry
             say(f"    {entry['status']} in {entry['duration_s']:.1f} s → {run_dir / entry['html']}")
         manifest["notebooks"].append(entry)
-        atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+        _write_manifest(run_dir, manifest)
     manifest["ended"] = _now()
     manifest["status"] = "failed" if failed else "ok"
     manifest["data"] = _read_json(run_dir / "artifacts" / "data" / "data_summary.json")
     manifest["train"] = _train_summaries(run_dir / "artifacts" / "train")
-    atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+    _write_manifest(run_dir, manifest)
     atomic_write(run_dir / "index.html", render_index(manifest, run_dir))
     if failed:
         err = failed.get("error") or {}
@@ -274,6 +274,10 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
                           f"  report: {run_dir / 'index.html'} · executed notebook: {run_dir / failed['ipynb']}")
     say(f"Report: {run_dir / 'index.html'}")
     return manifest
+
+
+def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
 
 
 def _previous_notebooks(path: Path) -> dict[str, dict]:
@@ -384,7 +388,7 @@ def run_comparison(study_dirs: list[str | os.PathLike], out: str | os.PathLike |
     manifest["notebooks"].append(entry)
     manifest["ended"] = _now()
     manifest["status"] = "ok" if entry["status"] == "ok" else "failed"
-    atomic_write(out_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+    _write_manifest(out_dir, manifest)
     atomic_write(out_dir / "index.html", _templates().get_template("compare_index.html.j2").render(
         m=manifest, headline=_headline(out_dir), manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False)))
     if entry["status"] != "ok":
