@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RESOURCES_DIR, KitError, project_root
+from .base import RESOURCES_DIR, KitError, project_root
 
 SCHEMA = "llm4academic.bench/1"
 SHIPPED_ALPACA_FORMAT = ("instruct/alpaca/alpaca_data.first1825.json",
@@ -212,7 +212,7 @@ def provenance(quick: bool) -> dict:
 
     import torch
 
-    from .config import git_info
+    from .base import git_info
 
     versions = {"python": platform.python_version()}
     for pkg in ("llm4academic", "torch", "transformers", "tokenizers", "datasets", "accelerate"):
@@ -915,7 +915,7 @@ def run(quick: bool = False, cases: list[str] | str | None = None, progress: Cal
     import datasets
     from transformers.utils import logging as hf_logging
 
-    from .config import setup_environment
+    from .base import setup_environment
 
     ids = parse_cases(cases)
     setup_environment()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import KitError, atomic_write, cache_dir
+from .base import KitError, atomic_write, cache_dir
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's `chromium` package
 CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's `chromium-driver` package (same version as chromium)

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-from .config import FORMAT_NAMES, MODEL_CARDS, PKG_PREFIX, RESOURCES_DIR, TEMPLATES, KitError
+from .base import PKG_PREFIX, RESOURCES_DIR, KitError
+
+from .config import FORMAT_NAMES, MODEL_CARDS, TEMPLATES
 
 if TYPE_CHECKING:
     import pandas

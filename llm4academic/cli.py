@@ -11,7 +11,9 @@ from typing import Annotated, Optional
 import typer
 import yaml
 
-from .config import TINY_ARCHS, KitError, load_params, resolved_dict, setup_environment
+from .base import KitError, setup_environment
+
+from .config import TINY_ARCHS, load_params, resolved_dict
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="llm4academic: run instruction-tuning studies from one params file.")

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import KitError, StudyParams, atomic_write, resolved_dict
+from .base import KitError, atomic_write
+
+from .config import StudyParams, resolved_dict
 from .scoring import OVERALL, aggregate, bootstrap_ci, pairwise_summary
 from .zbench import REFERENCE_MODELS, SPLITS, load_zbench, model_label
 
@@ -470,7 +472,7 @@ def data_flow(studies: Sequence[Study]) -> pd.DataFrame:
 
 def provenance(studies: Sequence[Study]) -> pd.DataFrame:
     """Per study: seed, git sha and dirty flag, the Z-Bench slice and scorers, generation settings."""
-    from .config import git_info
+    from .base import git_info
 
     rows = []
     for s in studies:

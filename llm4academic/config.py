@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -28,128 +26,41 @@ from pydantic import (
     model_validator,
 )
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-RESOURCES_DIR = PACKAGE_DIR / "resources"
-PKG_PREFIX = "pkg:"  # paths inside the package's shipped resources, e.g. pkg:instruct/alpaca/...
+from .base import PKG_PREFIX, RESOURCES_DIR, KitError, resolve_data_path  # noqa: F401  (re-exported)
 
+# Each list of names is written once, as a Literal; the tuples are derived from it.
 # The study's steps, in the order they run; pipeline.py maps each to its notebook.
-STEPS: tuple[str, ...] = ("explore", "train", "evaluate", "compare")
 Step = Literal["explore", "train", "evaluate", "compare"]
+STEPS: tuple[str, ...] = get_args(Step)
 
 # On-disk formats data/formats.py reads (``format: auto`` detects them from the fields).
-FORMAT_NAMES: tuple[str, ...] = ("alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all")
-FormatName = Literal["auto", "alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all"]
+FormatName = Literal["alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all"]
+FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)
 
 # Model family cards (catalog.py, resources/catalog/models.yaml) and prompt templates (templates.py).
-MODEL_CARDS: tuple[str, ...] = ("llama", "bloom", "opt", "t5", "glm", "chatglm")
 ModelCardName = Literal["llama", "bloom", "opt", "t5", "glm", "chatglm"]
-TEMPLATES: tuple[str, ...] = ("alpaca", "belle", "plain")
+MODEL_CARDS: tuple[str, ...] = get_args(ModelCardName)
 TemplateName = Literal["alpaca", "belle", "plain"]
+TEMPLATES: tuple[str, ...] = get_args(TemplateName)
 
 # Architectures the kit can build offline at tiny size (models.py builds them; `tiny:<arch>` in params).
-TINY_ARCHS: tuple[str, ...] = ("llama", "bloom", "opt", "t5", "glm")
+TinyArch = Literal["llama", "bloom", "opt", "t5", "glm"]
+TINY_ARCHS: tuple[str, ...] = get_args(TinyArch)
 TINY_PREFIX = "tiny:"
+
+# Reference scorers (scoring/) and generation backends (generate.py).
+ScorerName = Literal["option", "number", "contains", "rouge_l"]
+SCORERS: tuple[str, ...] = get_args(ScorerName)
+SplitName = Literal["basic", "advanced", "domain"]
+Backend = Literal["transformers", "vllm"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
-class KitError(Exception):
-    """An error a user can act on: the CLI prints its message, not a traceback."""
-
-    exit_code = 2
-
-
 class ConfigError(KitError):
     """Bad params: the message names the file, line and key path."""
-
-
-# --------------------------------------------------------------------------------------------- paths, env
-
-
-def project_root() -> Path | None:
-    """The checkout the package runs from (editable install), or None for an installed wheel."""
-    root = PACKAGE_DIR.parent
-    return root if (root / "pyproject.toml").is_file() else None
-
-
-def git_info() -> dict[str, Any]:
-    """sha and dirty flag of the kit's checkout (``None`` outside git)."""
-    root = project_root() or Path.cwd()
-
-    def git(*args: str) -> str | None:
-        try:
-            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return r.stdout.strip() if r.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain") if sha else None
-    return {"sha": sha, "dirty": bool(status) if status is not None else None}
-
-
-def cache_dir() -> Path:
-    """Where the kit keeps state (tiny models, HF cache, Jupyter runtime, temp files): never ``~``."""
-    env = os.environ.get("LLM4A_CACHE_DIR")
-    if env:
-        return Path(env).resolve()
-    return ((project_root() or Path.cwd()) / ".cache").resolve()
-
-
-def setup_environment() -> dict[str, str]:
-    """Point HF, matplotlib, Jupyter, IPython and temp dirs at the project cache unless already set.
-
-    Called by the CLI and the runner so that kernels started for a study inherit the same settings.
-    Returns the variables it set.
-    """
-    base = cache_dir()
-    wanted = {
-        "LLM4A_CACHE_DIR": base,
-        "HF_HOME": base / "huggingface",
-        "MPLCONFIGDIR": base / "matplotlib",
-        "JUPYTER_CONFIG_DIR": base / "jupyter" / "config",
-        "JUPYTER_DATA_DIR": base / "jupyter" / "data",
-        "JUPYTER_RUNTIME_DIR": base / "jupyter" / "runtime",
-        "IPYTHONDIR": base / "ipython",
-        "TMPDIR": base / "tmp",
-    }
-    done = {}
-    for key, path in wanted.items():
-        if not os.environ.get(key):
-            os.environ[key] = str(path)
-            done[key] = str(path)
-        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    return done
-
-
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def resolve_data_path(value: str, base_dir: Path) -> Path:
-    """``pkg:…`` → inside the package's resources; relative → against the params file's folder."""
-    if value.startswith(PKG_PREFIX):
-        return (RESOURCES_DIR / value[len(PKG_PREFIX):]).resolve()
-    p = Path(value).expanduser()
-    return (p if p.is_absolute() else base_dir / p).resolve()
 
 
 # --------------------------------------------------------------------------------------------- schema
@@ -169,7 +80,7 @@ class SourceParams(_Strict):
 
     name: str = Field(pattern=_SLUG, description="short label, unique in the study")
     path: str = Field(description="file (.json array, .jsonl, or gzip of either); pkg:… = shipped sample")
-    format: FormatName = "auto"
+    format: Literal[("auto", *FORMAT_NAMES)] = "auto"  # type: ignore[valid-type]
     language: str | None = Field(default=None, description="ISO code for every record; None = detect per record")
     max_records: PositiveInt | None = Field(default=None, description="read only the first N valid records")
     weight: PositiveFloat | None = Field(default=None, description="share of the mix, relative to other weights")
@@ -329,8 +240,7 @@ class JudgeParams(_Strict):
 
 
 class EvaluateParams(_Strict):
-    splits: list[Literal["basic", "advanced", "domain"]] = Field(
-        default_factory=lambda: ["basic", "advanced", "domain"], min_length=1)
+    splits: list[SplitName] = Field(default_factory=lambda: list(get_args(SplitName)), min_length=1)
     limit: PositiveInt | None = Field(default=None, description="the first N prompts of each split")
     items: list[str] | None = Field(default=None, min_length=1, description="exactly these Z-Bench item ids "
                                     "(e.g. advanced-193), instead of the first `limit` of each split")
@@ -338,11 +248,12 @@ class EvaluateParams(_Strict):
     tuned: bool = Field(default=True, description="evaluate the models the train step tuned")
     max_new_tokens: PositiveInt = 256
     batch_size: PositiveInt = 16
+    backend: Backend = Field(default="transformers", description="transformers (batched HF generate) or vllm "
+                             "(GPU; needs the vllm package, which the kit does not install)")
     do_sample: bool = False
     temperature: PositiveFloat = 1.0
     top_p: float = Field(default=1.0, gt=0, le=1)
-    scorers: list[Literal["option", "number", "contains", "rouge_l"]] = Field(
-        default_factory=lambda: ["option", "number", "contains", "rouge_l"], min_length=1)
+    scorers: list[ScorerName] = Field(default_factory=lambda: list(SCORERS), min_length=1)
     judge: JudgeParams = Field(default_factory=JudgeParams)
 
     @model_validator(mode="after")

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import ModelParams, StudyParams, atomic_write
+from .base import atomic_write
+
+from .config import ModelParams, StudyParams
 
 SEED_COLUMNS = ("Prompt", "任务类型", "参考回答")
 

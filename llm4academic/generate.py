@@ -42,7 +42,9 @@ from typing import Any
 
 import pandas as pd
 
-from .config import KitError, ModelParams, atomic_write, cache_dir
+from .base import KitError, atomic_write, cache_dir
+
+from .config import ModelParams
 from .templates import prompt_text
 
 BACKENDS = ("transformers", "vllm")

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import ModelCard, card_for_config, find_card_for_config, get_model_card, model_type_of
-from .config import RESOURCES_DIR, TINY_ARCHS, TINY_PREFIX, KitError, ModelParams, cache_dir
+from .base import RESOURCES_DIR, KitError, cache_dir
+from .config import TINY_ARCHS, TINY_PREFIX, ModelParams
 
 TINY_VERSION = 1  # bump when the recipe below changes: cached tiny models are keyed by it
 TINY_VOCAB = 1000

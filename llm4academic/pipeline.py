@@ -25,7 +25,8 @@ import nbformat
 import yaml
 
 from . import __version__
-from .config import STEPS, KitError, atomic_write, git_info, load_params, project_root, resolved_dict, setup_environment
+from .base import KitError, atomic_write, git_info, project_root, setup_environment
+from .config import STEPS, load_params, resolved_dict
 
 NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb",
                              "evaluate": "03_evaluate_zbench.ipynb", "compare": "04_compare_models.ipynb"}

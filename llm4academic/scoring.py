@@ -50,7 +50,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from .config import KitError
+from .base import KitError
 from .zbench import PROVENANCE, SPLITS, _split_names, load_zbench
 
 FALLBACK_MODEL = "GPT4"  # open items (no reference) are compared with this model's answer by rouge_l

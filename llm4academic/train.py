@@ -25,7 +25,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from .config import KitError, ModelParams, StudyParams, atomic_write, load_params
+from .base import KitError, atomic_write
+
+from .config import ModelParams, StudyParams, load_params
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A10": 125e12}
 
@@ -504,7 +506,7 @@ def launch(params_path: str | Path, run_dir: str | Path, model: str, overrides: 
     ``notebook_launcher`` (never an ``Accelerator`` in this process). Returns the run's summary."""
     from accelerate import notebook_launcher
 
-    from .config import setup_environment
+    from .base import setup_environment
 
     setup_environment()
     params = load_params(params_path, overrides)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import RESOURCES_DIR, KitError
+from .base import RESOURCES_DIR, KitError
 
 ZBENCH_DIR = RESOURCES_DIR / "zbench"
 SPLITS: dict[str, str] = {"basic": "common.samples.csv", "advanced": "emergent.samples.csv",

@@ -11,7 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 
-from llm4academic.config import setup_environment  # noqa: E402
+from llm4academic.base import setup_environment  # noqa: E402
 
 setup_environment()
 

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import datasets
 
-from ..config import StudyParams, atomic_write
+from ..base import atomic_write
+
+from ..config import StudyParams
 
 
 @dataclass

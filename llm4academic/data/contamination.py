@@ -24,7 +24,7 @@ from itertools import chain
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..config import KitError
+from ..base import KitError
 from ..zbench import load_zbench
 
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"  # ideographs, extensions A to H

@@ -27,7 +27,9 @@ from typing import Any
 
 import datasets
 
-from ..config import KitError, SourceParams
+from ..base import KitError
+
+from ..config import SourceParams
 from .stats import detect_language
 
 RECORD_FEATURES = datasets.Features({

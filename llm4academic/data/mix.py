@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..config import KitError, atomic_write
+from ..base import KitError, atomic_write
 from .clean import column
 
 

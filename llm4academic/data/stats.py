@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..config import atomic_write
+from ..base import atomic_write
 
 TEXT_FIELDS = ("instruction", "input", "output")
 

@@ -1,0 +1,153 @@
+"""The bottom layer every module may import: the kit's error type, where things live, atomic writes, JSON reading,
+provenance (git, file hashes) and the process environment. Imports nothing of the kit and no torch.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+RESOURCES_DIR = PACKAGE_DIR / "resources"
+PKG_PREFIX = "pkg:"  # paths inside the package's shipped resources, e.g. pkg:instruct/alpaca/...
+
+
+class KitError(Exception):
+    """An error a user can act on: the CLI prints its message, not a traceback."""
+
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------------------------- where things live
+
+
+def project_root() -> Path | None:
+    """The checkout the package runs from (editable install), or None for an installed wheel."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() else None
+
+
+def cache_dir() -> Path:
+    """Where the kit keeps state (tiny models, HF cache, Jupyter runtime, temp files): never ``~``."""
+    env = os.environ.get("LLM4A_CACHE_DIR")
+    if env:
+        return Path(env).resolve()
+    return ((project_root() or Path.cwd()) / ".cache").resolve()
+
+
+def default_reports_dir() -> Path:
+    """``reports/`` of the checkout (or of the working directory for an installed wheel)."""
+    return (project_root() or Path.cwd()) / "reports"
+
+
+def resolve_data_path(value: str, base_dir: Path) -> Path:
+    """``pkg:…`` → inside the package's resources; relative → against the params file's folder."""
+    if value.startswith(PKG_PREFIX):
+        return (RESOURCES_DIR / value[len(PKG_PREFIX):]).resolve()
+    p = Path(value).expanduser()
+    return (p if p.is_absolute() else base_dir / p).resolve()
+
+
+def setup_environment() -> dict[str, str]:
+    """Point HF, matplotlib, Jupyter, IPython and temp dirs at the project cache unless already set.
+
+    Called by the CLI, the runner and the notebooks so that kernels started for a study inherit the same settings.
+    Returns the variables it set.
+    """
+    base = cache_dir()
+    wanted = {
+        "LLM4A_CACHE_DIR": base,
+        "HF_HOME": base / "huggingface",
+        "MPLCONFIGDIR": base / "matplotlib",
+        "JUPYTER_CONFIG_DIR": base / "jupyter" / "config",
+        "JUPYTER_DATA_DIR": base / "jupyter" / "data",
+        "JUPYTER_RUNTIME_DIR": base / "jupyter" / "runtime",
+        "IPYTHONDIR": base / "ipython",
+        "TMPDIR": base / "tmp",
+    }
+    done = {}
+    for key, path in wanted.items():
+        if not os.environ.get(key):
+            os.environ[key] = str(path)
+            done[key] = str(path)
+        Path(os.environ[key]).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    return done
+
+
+# --------------------------------------------------------------------------------------------- files
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any, default=str) -> None:
+    """``obj`` as indented UTF-8 JSON, atomically."""
+    atomic_write(path, json.dumps(obj, indent=2, ensure_ascii=False, default=default))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's contents; ``None`` when it does not exist. Broken JSON is a ``KitError`` naming file:line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise KitError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------- provenance
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+
+
+def git_info() -> dict[str, Any]:
+    """sha and dirty flag of the kit's checkout (``None`` outside git)."""
+    root = project_root() or Path.cwd()
+
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain") if sha else None
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
