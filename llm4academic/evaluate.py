@@ -1,22 +1,26 @@
 """The evaluation step: Z-Bench prompts → answers of every studied model (base and tuned, cached, generate.py)
 → reference scores (scoring.py) → the seed's side-by-side CSVs and a long table of scores.
 
-Writes under ``run_dir/artifacts/evaluate/``: ``zbench_<split>.csv`` in the seed's layout (``Prompt, 任务类型,
-参考回答`` and one column per model — the studied models next to the 14 reference models), ``scores.parquet``
-(every item × model × scorer × score), ``summary.csv`` (per model, split and scorer, with bootstrap CIs),
-``answers.parquet`` and ``evaluate.json`` (what ran: models, generation config, cache reports).
+Writes into the run directory's evaluate folder (``RunDir.evaluate_dir``): per split the seed's layout (``Prompt,
+任务类型, 参考回答`` and one column per model — the studied models next to the 14 reference models), the ``scores``
+table (every item × model × scorer × score), a summary per model, split and scorer with bootstrap CIs, the same per
+tag, the ``answers`` (and ``judge``/``pairwise``) tables and ``evaluate.json`` (what ran: models, generation config,
+cache reports). Answers are cached in ``RunDir.generations``.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from .base import atomic_write
-
-from .config import ModelParams, StudyParams
+from . import scoring
+from .base import atomic_write, write_json
+from .config import ConfigError, ModelParams, StudyParams
+from .generate import GenParams, generate_answers
+from .models import resolve_model_path
+from .rundir import RunDir
+from .zbench import REFERENCE_MODELS, answers_long, load_zbench
 
 SEED_COLUMNS = ("Prompt", "任务类型", "参考回答")
 
@@ -25,9 +29,8 @@ def evaluated_models(params: StudyParams, run_dir: str | Path) -> list[ModelPara
     """The base models (``evaluate.base``) and, when the train step wrote them, the tuned ones (``<name>-tuned``)."""
     ev = params.evaluate
     models = list(params.models) if ev.base else []
-    index = Path(run_dir) / "artifacts" / "train" / "checkpoints.json"
-    if ev.tuned and index.is_file():
-        for entry in json.loads(index.read_text()).get("models", []):
+    if ev.tuned:
+        for entry in RunDir(run_dir).read_checkpoint_index():
             if entry.get("final") and Path(entry["final"]).is_dir():
                 base = params.model(entry["model"])
                 models.append(base.model_copy(update={"name": f"{base.name}-tuned", "path": entry["final"]}))
@@ -37,9 +40,6 @@ def evaluated_models(params: StudyParams, run_dir: str | Path) -> list[ModelPara
 def zbench_items(params: StudyParams):
     """The Z-Bench items the study evaluates: ``evaluate.items``, or the first ``evaluate.limit`` prompts of each
     split, or all of them."""
-    from .config import ConfigError
-    from .zbench import load_zbench
-
     zb = load_zbench(params.evaluate.splits)
     if params.evaluate.items:
         unknown = [i for i in params.evaluate.items if i not in set(zb["item_id"])]
@@ -55,19 +55,15 @@ def zbench_items(params: StudyParams):
 
 def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict:
     """Generate (cached), score and write the evaluation artifacts; returns what the notebook shows."""
-    from . import scoring
-    from .generate import GenParams, generate_answers
-    from .zbench import answers_long
-
     ev = params.evaluate
-    out = Path(run_dir) / "artifacts" / "evaluate"
+    rd = RunDir(run_dir)
     zb = zbench_items(params)
     gen = GenParams(max_new_tokens=ev.max_new_tokens, do_sample=ev.do_sample, temperature=ev.temperature,
                     top_p=ev.top_p, seed=params.seed, batch_size=ev.batch_size)
     frames, reports = [], []
     for mp in evaluated_models(params, run_dir):
-        df, rep = generate_answers(mp, zb[["item_id", "prompt"]], Path(run_dir) / "artifacts" / "generations",
-                                   gen, progress=progress)
+        df, rep = generate_answers(mp, zb[["item_id", "prompt"]], rd.generations, gen, backend=ev.backend,
+                                   progress=progress)
         frames.append(df.merge(zb[["item_id", "split"]], on="item_id"))
         reports.append(rep.to_dict())
     ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "split", "model"])
@@ -81,15 +77,12 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
     summary = scoring.aggregate(scores, ("model", "split", "scorer"), seed=params.seed, zbench=zb)
     by_tag = scoring.aggregate(scores, ("model", "tag", "scorer"), seed=params.seed, zbench=zb)
     study_models = list(dict.fromkeys(ours["model"])) if len(ours) else []
-    files = write_seed_csvs(zb, ours, out, study_models)
-    out.mkdir(parents=True, exist_ok=True)
+    files = write_seed_csvs(zb, ours, rd, study_models)
     tables = {"scores": scores, "answers": ours.drop(columns=["versions"], errors="ignore"), **judged}
     for name, frame in tables.items():
-        tmp = out / f".{name}.partial.parquet"
-        frame.astype({c: str for c in frame.columns if frame[c].dtype == object}).to_parquet(tmp, index=False)
-        tmp.replace(out / f"{name}.parquet")
-    atomic_write(out / "summary.csv", summary.to_csv(index=False))
-    atomic_write(out / "by_tag.csv", by_tag.to_csv(index=False))
+        rd.write_evaluate_table(name, frame)
+    atomic_write(rd.evaluate_summary, summary.to_csv(index=False))
+    atomic_write(rd.evaluate_by_tag, by_tag.to_csv(index=False))
     info = {"models": study_models, "reference_models": sorted(set(theirs["model"])), "items": len(zb),
             "splits": list(ev.splits), "limit": ev.limit,
             "item_ids": list(zb["item_id"]), "generation": gen.decoding(), "scorers": list(ev.scorers),
@@ -97,7 +90,7 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
             "judge": ev.judge.model_dump() if judged else None}
     if "pairwise" in judged:
         info["pairwise"] = scoring.pairwise_summary(judged["pairwise"]).to_dict(orient="records")
-    atomic_write(out / "evaluate.json", json.dumps(info, indent=2, ensure_ascii=False, default=str))
+    write_json(rd.evaluate_info, info)
     return {"zbench": zb, "answers": ours, "scores": scores, "summary": summary, "by_tag": by_tag, "info": info,
             **judged}
 
@@ -105,9 +98,6 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
 def run_judge(params: StudyParams, answers, zb, progress: bool) -> dict:
     """``evaluate.judge``: grade the studied models' answers 1-10 and, with a ``baseline``, judge each against the
     baseline's answer in both orders (order-inconsistent verdicts count as ties and are reported)."""
-    from . import scoring
-    from .models import resolve_model_path
-
     jp = params.evaluate.judge
     named = next((m for m in params.models if m.name == jp.model), None)
     path = resolve_model_path(named.path if named else jp.model)
@@ -118,12 +108,10 @@ def run_judge(params: StudyParams, answers, zb, progress: bool) -> dict:
     return out
 
 
-def write_seed_csvs(zb, answers, out_dir: str | Path, study_models: list[str]) -> list[Path]:
+def write_seed_csvs(zb, answers, run_dir: str | Path | RunDir, study_models: list[str]) -> list[Path]:
     """Per split, the seed's side-by-side layout: ``Prompt, 任务类型, 参考回答``, the studied models, then the 14
-    reference models (``chinese_eval_<split>`` in the seed; here ``zbench_<split>.csv``)."""
-    from .zbench import REFERENCE_MODELS
-
-    out_dir = Path(out_dir)
+    reference models (``chinese_eval_<split>`` in the seed; here ``RunDir.zbench_csv(split)``)."""
+    rd = RunDir(run_dir)
     wide = answers.pivot_table(index="item_id", columns="model", values="answer", aggfunc="first") \
         if len(answers) else pd.DataFrame()
     files = []
@@ -135,7 +123,7 @@ def write_seed_csvs(zb, answers, out_dir: str | Path, study_models: list[str]) -
             table[m] = [wide.at[i, m] if i in wide.index and m in wide.columns else "" for i in part["item_id"]]
         for m in REFERENCE_MODELS:
             table[m] = part[m].values
-        path = out_dir / f"zbench_{split}.csv"
+        path = rd.zbench_csv(split)
         atomic_write(path, table.to_csv(index=False))
         files.append(path)
     return files

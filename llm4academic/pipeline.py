@@ -1,15 +1,13 @@
 """The study runner: papermill executes the study's notebooks in order, nbconvert renders each to HTML, and
 ``manifest.json`` + ``index.html`` tell what ran, on what, with which code and data.
 
-Layout of a run (``reports/<study>/``): ``NN_*.ipynb`` (executed) · ``NN_*.html`` · ``artifacts/`` ·
-``manifest.json`` · ``index.html``. Every file is written to a temporary name and renamed into place.
+A run directory's layout is ``rundir.py``'s (``RunDir``): executed notebooks and their HTML, artifacts, the manifest
+and the index page. Every file is written to a temporary name and renamed into place.
 Each notebook runs in its own papermill process so that a per-notebook timeout can stop it.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
 import platform
@@ -45,27 +43,11 @@ class StudyFailed(KitError):
 # --------------------------------------------------------------------------------------------- small helpers
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-
-
 def notebooks_dir() -> Path:
     root = project_root()
     if root is None or not (root / "notebooks").is_dir():
         raise KitError("the study notebooks were not found: run the kit from its checkout (pip install -e .)")
     return root / "notebooks"
-
-
-def default_reports_dir() -> Path:
-    return (project_root() or Path.cwd()) / "reports"
 
 
 def environment_info() -> dict[str, Any]:
@@ -82,15 +64,11 @@ def environment_info() -> dict[str, Any]:
 
 def ensure_kernel() -> str:
     """The Jupyter kernel that runs this very Python (registered with ``--sys-prefix`` if missing)."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
     ksm = KernelSpecManager()
     try:
         spec = ksm.get_kernel_spec(KERNEL_NAME)
     except NoSuchKernel:
-        from ipykernel.kernelspec import install
-
-        install(kernel_name=KERNEL_NAME, display_name="Python (llm4academic)", prefix=sys.prefix)
+        install_kernel(kernel_name=KERNEL_NAME, display_name="Python (llm4academic)", prefix=sys.prefix)
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
     if os.path.abspath(spec.argv[0]) != os.path.abspath(sys.executable):
         raise KitError(f"the Jupyter kernel {KERNEL_NAME!r} ({spec.resource_dir}) runs {spec.argv[0]}, not this "
@@ -140,8 +118,6 @@ def offline_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def render_html(nb_path: Path, html_path: Path, show_inputs: bool) -> None:
     """nbconvert's lab page without its CDN scripts (require.js, MathJax, the widget manager): tables and
     figures are inline, so the page reads offline."""
-    from nbconvert import HTMLExporter
-
     exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(HTML_TEMPLATE_DIR)],
                             exclude_input=not show_inputs, exclude_input_prompt=not show_inputs,
                             exclude_output_prompt=not show_inputs)
@@ -158,7 +134,7 @@ def execute_notebook(src: Path, out: Path, parameters: dict, *, kernel: str, cwd
            "-y", yaml.safe_dump(parameters, allow_unicode=True), "--progress-bar", "--log-level", "WARNING",
            "--request-save-on-cell-execute"]
     t0 = time.monotonic()
-    started = _now()
+    started = now()
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=None, text=True)
     timed_out = False
     try:
@@ -172,7 +148,7 @@ def execute_notebook(src: Path, out: Path, parameters: dict, *, kernel: str, cwd
             os.killpg(proc.pid, signal.SIGKILL)
             stdout, _ = proc.communicate()
     duration = time.monotonic() - t0
-    rec: dict[str, Any] = {"started": started, "ended": _now(), "duration_s": round(duration, 2)}
+    rec: dict[str, Any] = {"started": started, "ended": now(), "duration_s": round(duration, 2)}
     if proc.returncode == 0 and not timed_out:
         rec["status"] = "ok"
     else:
@@ -213,12 +189,12 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
             raise KitError(f"--only {','.join(only)}: none of these is among the study's steps "
                            f"({', '.join(params.steps)})")
     nb_dir = Path(notebooks) if notebooks else notebooks_dir()
-    run_dir = (Path(reports_dir) if reports_dir else default_reports_dir()).resolve() / params.name
-    (run_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    rd = RunDir((Path(reports_dir) if reports_dir else default_reports_dir()).resolve() / params.name)
+    rd.artifacts.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
-    previous = _previous_notebooks(run_dir / "manifest.json")
+    previous = _previous_notebooks(rd)
     manifest: dict[str, Any] = {
         "study": params.name,
         "description": params.description,
@@ -231,18 +207,17 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
         **environment_info(),
         "data_files": [{"source": s.name, "path": s.path, "bytes": Path(s.path).stat().st_size,
                         "sha256": sha256_file(s.path)} for s in params.data.sources],
-        "started": _now(),
+        "started": now(),
         "ended": None,
         "status": "running",
         "notebooks": [],
     }
-    parameters = {"params_path": str(params_path), "run_dir": str(run_dir), "overrides": list(overrides)}
+    parameters = {"params_path": str(params_path), "run_dir": str(rd.root), "overrides": list(overrides)}
     failed: dict[str, Any] | None = None
-    _write_manifest(run_dir, manifest)
+    rd.write_manifest(manifest)
     for i, step in enumerate(params.steps, 1):
-        name = NOTEBOOKS[step]
-        entry: dict[str, Any] = {"step": step, "notebook": name, "ipynb": name,
-                                 "html": name.replace(".ipynb", ".html")}
+        entry = _entry(rd, step)
+        name = entry["notebook"]
         if step not in steps:
             prev = previous.get(name)
             entry.update(prev if prev else {"status": "skipped"})
@@ -251,43 +226,48 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
             entry["status"] = "not run"
         else:
             say(f"[{i}/{len(params.steps)}] {name} …")
-            entry.update(execute_notebook(nb_dir / name, run_dir / name, parameters, kernel=kernel, cwd=run_dir,
+            entry.update(execute_notebook(nb_dir / name, rd.notebook(step), parameters, kernel=kernel, cwd=rd.root,
                                           timeout_s=params.report.notebook_timeout_s))
-            if (run_dir / name).exists():
-                render_html(run_dir / name, run_dir / entry["html"], params.report.show_inputs)
+            if rd.notebook(step).exists():
+                render_html(rd.notebook(step), rd.html(step), params.report.show_inputs)
             if entry["status"] != "ok":
                 failed = entry
-            say(f"    {entry['status']} in {entry['duration_s']:.1f} s → {run_dir / entry['html']}")
+            say(f"    {entry['status']} in {entry['duration_s']:.1f} s → {rd.html(step)}")
         manifest["notebooks"].append(entry)
-        _write_manifest(run_dir, manifest)
-    manifest["ended"] = _now()
+        rd.write_manifest(manifest)
+    manifest["ended"] = now()
     manifest["status"] = "failed" if failed else "ok"
-    manifest["data"] = _read_json(run_dir / "artifacts" / "data" / "data_summary.json")
-    manifest["train"] = _train_summaries(run_dir / "artifacts" / "train")
-    _write_manifest(run_dir, manifest)
-    atomic_write(run_dir / "index.html", render_index(manifest, run_dir))
+    manifest["data"] = _quiet_read(rd.read_data_summary)
+    manifest["train"] = _train_summaries(rd)
+    rd.write_manifest(manifest)
+    atomic_write(rd.index, render_index(manifest, rd))
     if failed:
         err = failed.get("error") or {}
         where = f"cell {err['cell']} (In [{err.get('execution_count')}]): {err.get('source', '')}" \
             if err.get("cell") else "before any cell finished"
         raise StudyFailed(f"notebook {failed['notebook']} {failed['status']} at {where}\n"
                           f"  {err.get('ename', 'Error')}: {err.get('evalue', '')}\n"
-                          f"  report: {run_dir / 'index.html'} · executed notebook: {run_dir / failed['ipynb']}")
-    say(f"Report: {run_dir / 'index.html'}")
+                          f"  report: {rd.index} · executed notebook: {rd.root / failed['ipynb']}")
+    say(f"Report: {rd.index}")
     return manifest
 
 
-def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    atomic_write(run_dir / "manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False))
+def _entry(rd: RunDir, step: str) -> dict[str, Any]:
+    """A notebook's record in the manifest: the step, its notebook and the names of its executed files."""
+    name = NOTEBOOKS[step]
+    return {"step": step, "notebook": name, "ipynb": rd.relative(rd.notebook(step)), "html": rd.relative(rd.html(step))}
 
 
-def _previous_notebooks(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
+def _quiet_read(reader) -> Any:
+    """What an artifact reader returns, or None for a missing or broken file (the index page still renders)."""
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
+        return reader()
+    except (OSError, KitError):
+        return None
+
+
+def _previous_notebooks(rd: RunDir) -> dict[str, dict]:
+    old = _quiet_read(rd.read_manifest) or {}
     return {nb["notebook"]: {k: v for k, v in nb.items() if k != "from_previous_run"}
             for nb in old.get("notebooks", []) if nb.get("status") in ("ok", "failed", "timeout")}
 
@@ -295,50 +275,32 @@ def _previous_notebooks(path: Path) -> dict[str, dict]:
 # --------------------------------------------------------------------------------------------- index.html
 
 
-def _train_summaries(train_dir: Path) -> list[dict] | None:
+def _train_summaries(rd: RunDir) -> list[dict] | None:
     """Per trained model: steps, first/last loss, what FSDP engaged, the final checkpoint."""
-    index = _read_json(train_dir / "checkpoints.json")
+    index = _quiet_read(rd.read_checkpoint_index)
     if not index:
         return None
     out = []
-    for entry in index.get("models", []):
-        summary = _read_json(train_dir / entry["model"] / "summary.json") or {}
-        stats = _read_json(train_dir / entry["model"] / "data_stats.json") or {}
+    for entry in index:
+        summary = _quiet_read(lambda: rd.read_train_summary(entry["model"])) or {}
+        stats = _quiet_read(lambda: rd.read_data_stats(entry["model"])) or {}
         out.append({**entry, "first_loss": summary.get("first_loss"), "total_steps": summary.get("total_steps"),
                     "fsdp": summary.get("fsdp"), "packing_efficiency": (stats.get("pack") or {}).get("efficiency"),
                     "padded_efficiency": stats.get("padded_efficiency")})
     return out
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _templates():
-    import jinja2
-
+def _templates() -> jinja2.Environment:
     return jinja2.Environment(loader=jinja2.PackageLoader("llm4academic", "resources/templates"), autoescape=True)
 
 
-def _headline(run_dir: Path) -> dict | None:
-    headline = _read_json(run_dir / "artifacts" / "compare" / "headline.json")
-    if headline and not (headline.get("figure") and (run_dir / headline["figure"]).is_file()):
-        headline["figure"] = None
-    return headline
-
-
-def render_index(manifest: dict[str, Any], run_dir: Path) -> str:
+def render_index(manifest: dict[str, Any], run_dir: str | os.PathLike | RunDir) -> str:
     """The study's front page: what was studied, the headline leaderboard, each notebook's status, and the
     manifest in readable form. Everything is escaped (autoescape): model output and Z-Bench text stay text."""
-    env = _templates()
-    explore = _read_json(run_dir / "artifacts" / "explore" / "summary.json")
-    return env.get_template("index.html.j2").render(
-        m=manifest, explore=explore, headline=_headline(run_dir),
+    rd = RunDir(run_dir)
+    return _templates().get_template("index.html.j2").render(
+        m=manifest, explore=_quiet_read(rd.read_explore_summary), headline=_quiet_read(rd.read_headline),
         manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False))
-
 
 
 # --------------------------------------------------------------------------------------------- several studies
@@ -350,8 +312,6 @@ def run_comparison(study_dirs: list[str | os.PathLike], out: str | os.PathLike |
     """``04_compare_models`` over finished studies (e.g. the seed's recipes run separately on a cluster) →
     ``<out>/index.html``. Refuses (``CompareError``, before running anything) studies whose Z-Bench slices,
     scorers or judges differ."""
-    from .compare import load_studies
-
     setup_environment()
     dirs = [Path(d).resolve() for d in study_dirs]
     if len(dirs) < 2:
@@ -362,39 +322,39 @@ def run_comparison(study_dirs: list[str | os.PathLike], out: str | os.PathLike |
         raise KitError(f"compare: no such report folder: {', '.join(missing)}")
     studies = load_studies(dirs)
     names = [s.name for s in studies]
-    out_dir = Path(out).resolve() if out else default_reports_dir().resolve() / ("compare-" + "-".join(names))
-    if out_dir in dirs:
-        raise KitError(f"compare: --out {out_dir} is one of the compared studies; choose another folder")
-    (out_dir / "artifacts").mkdir(parents=True, exist_ok=True)
+    rd = RunDir(Path(out).resolve() if out else default_reports_dir().resolve() / ("compare-" + "-".join(names)))
+    if rd.root in dirs:
+        raise KitError(f"compare: --out {rd.root} is one of the compared studies; choose another folder")
+    rd.artifacts.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
-    name = NOTEBOOKS["compare"]
     manifest: dict[str, Any] = {
-        "kind": "comparison", "study": out_dir.name, "status": "running", "started": _now(), "ended": None,
+        "kind": "comparison", "study": rd.root.name, "status": "running", "started": now(), "ended": None,
         "studies": [{"study": s.name, "run_dir": str(s.run_dir),
-                     "index": os.path.relpath(s.run_dir / "index.html", out_dir), "seed": s.seed,
+                     "index": os.path.relpath(RunDir(s.run_dir).index, rd.root), "seed": s.seed,
                      "models": [s.renamed[m] for m in s.study_models],
                      "git": (s.manifest or {}).get("git"), "started": (s.manifest or {}).get("started"),
                      "evaluate": {k: s.evaluate.get(k) for k in ("splits", "limit", "scorers", "generation",
                                                                   "judge")}} for s in studies],
         "git": git_info(), **environment_info(), "notebooks": []}
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    say(f"comparing {', '.join(names)} → {out_dir}")
-    entry: dict[str, Any] = {"step": "compare", "notebook": name, "ipynb": name, "html": name.replace(".ipynb",
-                                                                                                     ".html")}
-    params = {"params_path": "", "run_dir": str(out_dir), "overrides": [], "studies": [str(d) for d in dirs]}
-    entry.update(execute_notebook((Path(notebooks) if notebooks else notebooks_dir()) / name, out_dir / name, params,
-                                  kernel=kernel, cwd=out_dir, timeout_s=timeout_s))
-    if (out_dir / name).exists():
-        render_html(out_dir / name, out_dir / entry["html"], False)
+    say(f"comparing {', '.join(names)} → {rd.root}")
+    entry = _entry(rd, "compare")
+    name = entry["notebook"]
+    params = {"params_path": "", "run_dir": str(rd.root), "overrides": [], "studies": [str(d) for d in dirs]}
+    entry.update(execute_notebook((Path(notebooks) if notebooks else notebooks_dir()) / name, rd.notebook("compare"),
+                                  params, kernel=kernel, cwd=rd.root, timeout_s=timeout_s))
+    if rd.notebook("compare").exists():
+        render_html(rd.notebook("compare"), rd.html("compare"), False)
     manifest["notebooks"].append(entry)
-    manifest["ended"] = _now()
+    manifest["ended"] = now()
     manifest["status"] = "ok" if entry["status"] == "ok" else "failed"
-    _write_manifest(out_dir, manifest)
-    atomic_write(out_dir / "index.html", _templates().get_template("compare_index.html.j2").render(
-        m=manifest, headline=_headline(out_dir), manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False)))
+    rd.write_manifest(manifest)
+    atomic_write(rd.index, _templates().get_template("compare_index.html.j2").render(
+        m=manifest, headline=_quiet_read(rd.read_headline),
+        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False)))
     if entry["status"] != "ok":
         err = entry.get("error") or {}
         raise StudyFailed(f"notebook {name} {entry['status']}: {err.get('ename', 'Error')}: {err.get('evalue', '')}"
-                          f"\n  report: {out_dir / 'index.html'}")
-    say(f"Report: {out_dir / 'index.html'}")
+                          f"\n  report: {rd.index}")
+    say(f"Report: {rd.index}")
     return manifest

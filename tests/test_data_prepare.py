@@ -6,6 +6,7 @@ import pytest
 
 from conftest import SMOKE, write
 from llm4academic import data
+from llm4academic.rundir import RunDir
 from llm4academic.config import load_params
 from llm4academic.data.clean import column
 from llm4academic.zbench import load_zbench
@@ -24,17 +25,17 @@ def test_prepare_and_save_are_reproducible(tmp_path, zbench):
     a = data.prepare(params, zbench=zbench)
     b = data.prepare(params, zbench=zbench)
     sa, sb = data.save(a, tmp_path / "a", params.seed), data.save(b, tmp_path / "b", params.seed)
-    assert (tmp_path / "a" / "mix.jsonl").read_bytes() == (tmp_path / "b" / "mix.jsonl").read_bytes()
+    assert RunDir(tmp_path / "a").mix.read_bytes() == RunDir(tmp_path / "b").mix.read_bytes()
     assert sa["mix_sha256"] == sb["mix_sha256"]
     assert sa["records_loaded"] == 400 and sa["records_in_mix"] == len(a.mix) < sa["records_after_cleaning"] + 1
     taken = {d["source"]: d["taken"] for d in sa["mix"]}
     assert taken["alpaca"] == taken["chinese_alpaca"] and abs(taken["alpaca"] - 2 * taken["belle"]) <= 1  # 2:2:1
     for name in ("mix.jsonl", "mix_summary.json", "load_report.json", "clean_report.json", "contamination.json",
                  "data_summary.json"):
-        assert (tmp_path / "a" / name).is_file(), name
-    steps = json.loads((tmp_path / "a" / "clean_report.json").read_text())
+        assert (RunDir(tmp_path / "a").data_dir / name).is_file(), name
+    steps = json.loads(RunDir(tmp_path / "a").clean_report.read_text())
     assert [s["step"] for s in steps] == ["exact_dedup", "near_dedup", "decontaminate"]
-    first = json.loads((tmp_path / "a" / "mix.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    first = json.loads(RunDir(tmp_path / "a").mix.read_text(encoding="utf-8").splitlines()[0])
     assert set(first) == {"id", "source", "language", "instruction", "input", "output", "conversation", "chosen",
                           "rejected"}
 

@@ -7,6 +7,7 @@ from llm4academic.config import KitError, load_params
 from llm4academic.data import formats
 from llm4academic.data.clean import column
 from llm4academic.data.mix import mix, plan, save_mix, unique_ids
+from llm4academic.rundir import RunDir
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,8 @@ def test_same_params_and_seed_same_mix_byte_for_byte(pool, tmp_path):
     a, draws = mix(pool, srcs, None, seed=7)
     b, _ = mix(pool, srcs, None, seed=7)
     sa, sb = save_mix(a, tmp_path / "a", draws, 7), save_mix(b, tmp_path / "b", draws, 7)
-    assert (tmp_path / "a" / "mix.jsonl").read_bytes() == (tmp_path / "b" / "mix.jsonl").read_bytes()
-    assert sa["sha256"] == sb["sha256"] == hashlib.sha256((tmp_path / "a" / "mix.jsonl").read_bytes()).hexdigest()
+    assert RunDir(tmp_path / "a").mix.read_bytes() == RunDir(tmp_path / "b").mix.read_bytes()
+    assert sa["sha256"] == sb["sha256"] == hashlib.sha256(RunDir(tmp_path / "a").mix.read_bytes()).hexdigest()
     c, _ = mix(pool, srcs, None, seed=8)
     assert ids(c) != ids(a)
     counts = {d.source: d.taken for d in draws}

@@ -5,6 +5,7 @@ import pytest
 
 from llm4academic.config import load_params
 from llm4academic.data import formats, stats
+from llm4academic.rundir import RunDir
 from conftest import SMOKE
 
 
@@ -68,4 +69,4 @@ def test_write_explore_artifacts(frame, tmp_path):
                                             chars, None)
     assert [p.name for p in written] == ["summary.json", "char_lengths.csv"]
     assert json.loads(written[0].read_text())["records"] == 60
-    assert not list((tmp_path / "a").glob(".*partial"))
+    assert not list(RunDir(tmp_path / "a").explore_dir.glob(".*partial"))

@@ -10,6 +10,7 @@ import torch
 
 from conftest import ROOT, SMOKE
 from llm4academic import train
+from llm4academic.rundir import RunDir
 from llm4academic.config import ModelParams, load_params
 from llm4academic.models import load_model, load_tokenizer
 
@@ -39,7 +40,7 @@ def launch(run_dir, model: str, overrides: list[str], stop_after: int | None = N
 
 
 def metrics(run_dir, model):
-    path = train.output_dir(run_dir, model) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics(model)
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
@@ -58,7 +59,7 @@ def test_fsdp_on_two_cpu_processes(arch, port, version, tmp_path):
     losses = [r["loss"] for r in rows]
     assert sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.005, losses  # falls (T5's small init learns slowest)
     assert result["data"]["packing"] == (arch in ("llama", "opt"))  # BLOOM (ALiBi) and T5 train padded
-    final = train.output_dir(tmp_path, f"tiny-{arch}") / "final"
+    final = RunDir(tmp_path).final(f"tiny-{arch}")
     assert (final / "model.safetensors").is_file() and not list(final.glob("*.bin"))
     mp = ModelParams(name="reloaded", path=str(final))
     model, tok = load_model(mp), load_tokenizer(mp)
@@ -73,15 +74,15 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch(straight, "tiny-llama", study("llama", 29621))
     first = launch(resumed, "tiny-llama", study("llama", 29622), stop_after=4)
-    out = train.output_dir(resumed, "tiny-llama")
-    assert not (out / "final").exists() and [p.name for p in train.checkpoints(out)] == ["checkpoint-4"]
+    rd = RunDir(resumed)
+    assert not rd.final("tiny-llama").exists() and [p.name for p in rd.checkpoints("tiny-llama")] == ["checkpoint-4"]
     assert first.get("steps") is None  # no summary: the run stopped
     launch(resumed, "tiny-llama", study("llama", 29623))
     a, b = metrics(straight, "tiny-llama"), metrics(resumed, "tiny-llama")
     assert [r["step"] for r in b] == list(range(1, 9))  # steps 1-4 from the first launch, 5-8 after the resume
     # Tolerance: the same data order, optimizer, scheduler and RNG state; only float reduction order may differ.
     assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], rel=1e-4)
-    assert [p.name for p in train.checkpoints(out)] == ["checkpoint-8"]  # save_total_limit: 1
+    assert [p.name for p in rd.checkpoints("tiny-llama")] == ["checkpoint-8"]  # save_total_limit: 1
 
 
 def test_recipes_carry_the_seeds_hyper_parameters():
@@ -110,7 +111,7 @@ def test_lora_trains_adapters_under_ddp_and_saves_merged(tmp_path):
     result = launch(tmp_path, "tiny-llama", study("llama", 29631, "train.method=lora", "train.fsdp.enabled=false",
                                                   "train.lora.r=4", "train.max_steps=4"))
     assert result["fsdp"]["distributed_type"] == "MULTI_CPU" and not result["fsdp"]["sharded"]
-    final = train.output_dir(tmp_path, "tiny-llama") / "final"
+    final = RunDir(tmp_path).final("tiny-llama")
     merged = load_model(ModelParams(name="m", path=str(final)))
     assert not any("lora" in n for n, _ in merged.named_parameters())  # merged into the base weights
     losses = [r["loss"] for r in metrics(tmp_path, "tiny-llama")]

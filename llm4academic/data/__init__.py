@@ -1,7 +1,7 @@
 """The data layer: load → clean (dedup, filters) → contamination check → mix, each step reported.
 
-``prepare(params)`` runs the steps a study's ``data`` params ask for; ``save(prepared, out_dir)`` writes the
-training mix and every report as artifacts (``artifacts/data/``) for the later notebooks and the manifest.
+``prepare(params)`` runs the steps a study's ``data`` params ask for; ``save(prepared, run_dir)`` writes the
+training mix and every report into the run directory (``RunDir.data_dir``) for the later notebooks and the manifest.
 """
 
 from __future__ import annotations
@@ -12,9 +12,11 @@ from pathlib import Path
 
 import datasets
 
-from ..base import atomic_write
-
+from ..base import write_json
 from ..config import StudyParams
+from ..rundir import RunDir
+from . import clean, formats, mix
+from .contamination import find_contamination
 
 
 @dataclass
@@ -30,9 +32,6 @@ class Prepared:
 
 def prepare(params: StudyParams, tokenizer=None, zbench=None) -> Prepared:
     """Run the study's data steps. ``tokenizer`` is needed only for the token length filters."""
-    from . import clean, formats, mix
-    from .contamination import find_contamination
-
     d = params.data
     pool, load_reports = formats.load_sources(params)
     cleaned, clean_reports = clean.clean(pool, d.clean, tokenizer, params.length_tokenizer.name, seed=params.seed)
@@ -48,27 +47,23 @@ def prepare(params: StudyParams, tokenizer=None, zbench=None) -> Prepared:
     return Prepared(pool, load_reports, cleaned, clean_reports, report, mixed, draws)
 
 
-def save(prepared: Prepared, out_dir: str | Path, seed: int) -> dict:
-    """Write ``mix.jsonl``, ``mix_summary.json``, ``load_report.json``, ``clean_report.json`` and
-    ``contamination.json`` under ``out_dir``; returns the summary the manifest keeps."""
-    from .clean import column
-    from .mix import save_mix
-
-    out_dir = Path(out_dir)
-    mix_summary = save_mix(prepared.mix, out_dir, prepared.draws, seed)
+def save(prepared: Prepared, run_dir: str | Path | RunDir, seed: int) -> dict:
+    """Write the mix, its summary, the load, clean and contamination reports and the data summary into the run
+    directory; returns the summary the manifest keeps."""
+    rd = RunDir(run_dir)
+    mix_summary = mix.save_mix(prepared.mix, rd, prepared.draws, seed)
     loads = [r.to_dict() for r in prepared.load_reports]
     steps = [r.to_dict() for r in prepared.clean_reports]
-    atomic_write(out_dir / "load_report.json", json.dumps(loads, indent=2, ensure_ascii=False))
-    atomic_write(out_dir / "clean_report.json", json.dumps(steps, indent=2, ensure_ascii=False))
+    write_json(rd.load_report, loads, default=None)
+    write_json(rd.clean_report, steps, default=None)
     summary = {"records_loaded": len(prepared.pool), "records_after_cleaning": len(prepared.cleaned),
                "records_in_mix": len(prepared.mix), "mix_sha256": mix_summary["sha256"],
                "skipped": {r["source"]: r["skipped"] for r in loads},
                "removed": {s["step"]: s["removed"] for s in steps}, "mix": mix_summary["sources"]}
     if prepared.contamination is not None:
-        atomic_write(out_dir / "contamination.json",
-                     json.dumps(prepared.contamination.to_dict(), indent=2, ensure_ascii=False))
+        write_json(rd.contamination, prepared.contamination.to_dict(), default=None)
         flagged = prepared.contamination.contaminated_ids()
-        in_mix = sum(1 for rid in column(prepared.mix, "id") if rid.split("~")[0] in flagged)
+        in_mix = sum(1 for rid in clean.column(prepared.mix, "id") if rid.split("~")[0] in flagged)
         summary["contamination"] = {**prepared.contamination.counts, "records_in_mix": in_mix}
-    atomic_write(out_dir / "data_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+    write_json(rd.data_summary, summary, default=None)
     return summary

@@ -20,6 +20,7 @@ import datasets
 import numpy as np
 
 from ..base import KitError, atomic_write
+from ..rundir import RunDir
 from .clean import column
 
 
@@ -124,14 +125,14 @@ def draws_table(draws: list[SourceDraw]):
     return df
 
 
-def save_mix(ds: datasets.Dataset, out_dir: str | Path, draws: list[SourceDraw], seed: int) -> dict:
-    """Write ``mix.jsonl`` (one record per line, sorted keys: byte-identical for the same params and seed) and
-    ``mix_summary.json`` (per-source counts, sha256 of the mix). Returns the summary."""
-    out_dir = Path(out_dir)
+def save_mix(ds: datasets.Dataset, run_dir: str | Path | RunDir, draws: list[SourceDraw], seed: int) -> dict:
+    """Write the run directory's mix (one record per line, sorted keys: byte-identical for the same params and seed)
+    and its summary (per-source counts, sha256 of the mix). Returns the summary."""
+    rd = RunDir(run_dir)
     lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in ds)
     body = lines.encode("utf-8")
-    atomic_write(out_dir / "mix.jsonl", body)
+    atomic_write(rd.mix, body)
     summary = {"records": len(ds), "seed": seed, "sha256": hashlib.sha256(body).hexdigest(),
-               "file": "mix.jsonl", "sources": [asdict(d) for d in draws]}
-    atomic_write(out_dir / "mix_summary.json", json.dumps(summary, indent=2, ensure_ascii=False))
+               "file": rd.mix.name, "sources": [asdict(d) for d in draws]}
+    atomic_write(rd.mix_summary, json.dumps(summary, indent=2, ensure_ascii=False))
     return summary

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..base import atomic_write
+from ..rundir import RunDir
 
 TEXT_FIELDS = ("instruction", "input", "output")
 
@@ -143,15 +144,14 @@ def load_table(reports) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def write_explore_artifacts(out_dir: str | Path, summary: dict, chars: pd.DataFrame,
+def write_explore_artifacts(run_dir: str | Path | RunDir, summary: dict, chars: pd.DataFrame,
                             tokens: pd.DataFrame | None) -> list[Path]:
-    """``summary.json`` plus the length summaries as CSV, each written atomically. Returns the paths."""
-    out_dir = Path(out_dir)
-    files = {out_dir / "summary.json": json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default),
-             out_dir / "char_lengths.csv": length_summary(chars, "chars", ["source", "field"]).to_csv(index=False)}
+    """The explore summary plus the length summaries as CSV, each written atomically. Returns the paths."""
+    rd = RunDir(run_dir)
+    files = {rd.explore_summary: json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default),
+             rd.char_lengths: length_summary(chars, "chars", ["source", "field"]).to_csv(index=False)}
     if tokens is not None and len(tokens):
-        files[out_dir / "token_lengths.csv"] = length_summary(
-            tokens, "tokens", ["model", "source", "field"]).to_csv(index=False)
+        files[rd.token_lengths] = length_summary(tokens, "tokens", ["model", "source", "field"]).to_csv(index=False)
     for path, text in files.items():
         atomic_write(path, text)
     return list(files)
