@@ -19,9 +19,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .catalog import ModelCard, card_for_config, find_card_for_config, get_model_card, model_type_of
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+from tokenizers import models as tokenizer_models
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+)
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
 from .base import RESOURCES_DIR, KitError, cache_dir
+from .catalog import ModelCard, card_for_config, find_card_for_config, get_model_card, model_type_of
 from .config import TINY_ARCHS, TINY_PREFIX, ModelParams
+from .data.formats import load_file
 
 TINY_VERSION = 1  # bump when the recipe below changes: cached tiny models are keyed by it
 TINY_VOCAB = 1000
@@ -42,8 +57,6 @@ _CORPUS_FILES = (  # (file, records used) — English and Chinese, so both token
 
 def tokenizer_corpus() -> list[str]:
     """Training text for the tiny tokenizer: instructions and outputs of the shipped samples."""
-    from .data.formats import load_file
-
     lines = []
     for rel, n in _CORPUS_FILES:
         ds, _ = load_file(RESOURCES_DIR / rel, source="corpus", language="und", on_invalid="skip", max_records=n)
@@ -54,10 +67,7 @@ def tokenizer_corpus() -> list[str]:
 
 def train_tiny_tokenizer(arch: str):
     """A byte-level BPE tokenizer (vocab 1000, ``<pad> <s> </s> <unk>``) framed like ``arch``'s real one."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
+    tok = Tokenizer(tokenizer_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=list(SPECIAL_TOKENS),
@@ -72,25 +82,23 @@ def train_tiny_tokenizer(arch: str):
 
 def tiny_config(arch: str, vocab_size: int = TINY_VOCAB):
     """The transformers config of a tiny ``arch`` model (hidden 64, 2 layers, 4 heads)."""
-    import transformers as tf
-
     h, n, heads, ffn, pos = (TINY_SIZE[k] for k in ("hidden", "layers", "heads", "ffn", "max_positions"))
     ids = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
     if arch == "llama":
-        return tf.LlamaConfig(vocab_size=vocab_size, hidden_size=h, intermediate_size=ffn, num_hidden_layers=n,
+        return transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=h, intermediate_size=ffn, num_hidden_layers=n,
                               num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=pos,
                               tie_word_embeddings=False, **ids)
     if arch == "bloom":
-        return tf.BloomConfig(vocab_size=vocab_size, hidden_size=h, n_layer=n, n_head=heads, **ids)
+        return transformers.BloomConfig(vocab_size=vocab_size, hidden_size=h, n_layer=n, n_head=heads, **ids)
     if arch == "opt":
-        return tf.OPTConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, ffn_dim=ffn,
+        return transformers.OPTConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, ffn_dim=ffn,
                             num_attention_heads=heads, max_position_embeddings=pos, word_embed_proj_dim=h, **ids)
     if arch == "t5":
-        return tf.T5Config(vocab_size=vocab_size, d_model=h, d_kv=h // heads, d_ff=ffn, num_layers=n,
+        return transformers.T5Config(vocab_size=vocab_size, d_model=h, d_kv=h // heads, d_ff=ffn, num_layers=n,
                            num_decoder_layers=n, num_heads=heads, initializer_factor=0.05,
                            decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
     if arch == "glm":
-        return tf.GlmConfig(vocab_size=vocab_size, hidden_size=h, intermediate_size=ffn, num_hidden_layers=n,
+        return transformers.GlmConfig(vocab_size=vocab_size, hidden_size=h, intermediate_size=ffn, num_hidden_layers=n,
                             num_attention_heads=heads, num_key_value_heads=heads, head_dim=h // heads,
                             max_position_embeddings=pos, **ids)
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
@@ -102,9 +110,6 @@ def is_seq2seq(config) -> bool:
 
 def build_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Build, save (safetensors) and return a tiny ``arch`` model + tokenizer in ``out_dir``, atomically."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
-
     if arch not in TINY_ARCHS:
         raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
     out_dir = Path(out_dir)
@@ -158,8 +163,6 @@ def _describe(mp: ModelParams) -> str:
 
 def read_config(mp: ModelParams) -> dict:
     """The checkpoint's ``config.json`` as a dict, read without running any of the checkpoint's code."""
-    from transformers import PretrainedConfig
-
     path = resolve_model_path(mp.path)
     if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
         raise KitError(f"{_describe(mp)}: no config.json in {path}")
@@ -172,9 +175,6 @@ def read_config(mp: ModelParams) -> dict:
 
 def _check_remote_code(mp: ModelParams, config: Any) -> None:
     """A model whose code is not part of transformers loads only with ``trust_remote_code: true`` in the params."""
-    import transformers
-    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-
     model_type, card = model_type_of(config), find_card_for_config(config)
     needs_code = card.needs_remote_code if card else model_type not in CONFIG_MAPPING
     if not needs_code or mp.trust_remote_code:
@@ -217,16 +217,12 @@ def model_card(mp: ModelParams) -> ModelCard:
 
 
 def load_tokenizer(mp: ModelParams):
-    from transformers import AutoTokenizer
-
     _check_remote_code(mp, read_config(mp))
     return AutoTokenizer.from_pretrained(resolve_model_path(mp.path), **_load_kwargs(mp))
 
 
 def resolve_dtype(dtype):
     """``"auto"`` stays ``"auto"`` (the checkpoint's own dtype); ``"bfloat16"`` etc. become torch dtypes."""
-    import torch
-
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in ("float32", "bfloat16", "float16"):
@@ -241,9 +237,6 @@ def load_model(mp: ModelParams, dtype=None, attn_implementation=None):
     ``attn_implementation`` (unset = transformers' default). A model whose code ships with the checkpoint fails
     here, before any weights are fetched, unless the params set ``trust_remote_code: true``.
     """
-    import transformers
-    from transformers import AutoConfig
-
     path, kw = resolve_model_path(mp.path), _load_kwargs(mp)
     _check_remote_code(mp, read_config(mp))
     config = AutoConfig.from_pretrained(path, **kw)
@@ -254,6 +247,18 @@ def load_model(mp: ModelParams, dtype=None, attn_implementation=None):
         kw["attn_implementation"] = attn
     return auto.from_pretrained(path, config=config, use_safetensors=True,
                                 dtype=resolve_dtype(dtype if dtype is not None else mp.dtype), **kw)
+
+
+def load_causal_lm(path_or_tiny: str, *, dtype="auto", trust_remote_code: bool = False, tokenizer=None):
+    """A causal LM and its tokenizer from a directory, hub id or ``tiny:<arch>`` — not a study's model (no params,
+    no card), e.g. the judge — as ``(model, tokenizer)``: the Auto classes, safetensors only, ``dtype`` as
+    ``resolve_dtype`` reads it (``auto`` = the checkpoint's). A ``tokenizer`` given is returned instead of loading
+    the checkpoint's."""
+    path = resolve_model_path(str(path_or_tiny))
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=resolve_dtype(dtype),
+                                                 trust_remote_code=trust_remote_code)
+    return model, tokenizer
 
 
 # stanford_alpaca's train.py
@@ -273,8 +278,6 @@ def add_special_tokens(tokenizer, model) -> int:
     tokens' rows are set instead of shrinking the matrix), and when a pad token is added the model's (and its
     generation config's) ``pad_token_id`` follows it. Nothing changes when the tokenizer has all four.
     """
-    import torch
-
     wanted = {"pad_token": DEFAULT_PAD_TOKEN, "eos_token": DEFAULT_EOS_TOKEN, "bos_token": DEFAULT_BOS_TOKEN,
               "unk_token": DEFAULT_UNK_TOKEN}
     missing = {k: v for k, v in wanted.items() if getattr(tokenizer, k) is None}

@@ -9,6 +9,8 @@ import pytest
 
 from llm4academic import scoring
 from llm4academic.config import KitError
+from llm4academic.scoring import board as scoring_board
+from llm4academic.scoring.rouge import _lcs_length
 from llm4academic.zbench import REFERENCE_MODELS, answers_long, load_zbench
 
 
@@ -176,7 +178,7 @@ def test_lcs_bit_parallel_matches_dynamic_programming():
         for i in range(1, len(a) + 1):
             for j in range(1, len(b) + 1):
                 table[i, j] = table[i - 1, j - 1] + 1 if a[i - 1] == b[j - 1] else max(table[i - 1, j], table[i, j - 1])
-        assert scoring._lcs_length(a, b) == table[-1, -1]
+        assert _lcs_length(a, b) == table[-1, -1]
 
 
 # --------------------------------------------------------------------------------------------- score_answers
@@ -260,7 +262,7 @@ def test_leaderboard_ranks_reference_models(board):
 
 
 def test_leaderboard_json_schema(board, monkeypatch):
-    monkeypatch.setattr(scoring, "leaderboard", lambda splits=None, **kw: board)
+    monkeypatch.setattr(scoring_board, "leaderboard", lambda splits=None, **kw: board)
     records = scoring.leaderboard_json()
     assert len(records) == len(board) and json.loads(json.dumps(records, ensure_ascii=False)) == records
     assert all(set(r) == set(scoring.LEADERBOARD_KEYS) for r in records)

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import datasets
+from datasketch import MinHash, MinHashLSH
 
 MAX_EXAMPLES = 5
 _PUNCT_OR_SPACE = re.compile(r"[\s\W_]+", re.UNICODE)
@@ -90,8 +91,6 @@ def near_dedup(ds: datasets.Dataset, threshold: float = 0.85, num_perm: int = 12
     LSH (with a looser band setting) proposes candidates; the MinHash Jaccard estimate confirms them, so a pair
     is removed only when its estimated similarity reaches the threshold. Works within and across sources; the report counts both.
     """
-    from datasketch import MinHash, MinHashLSH
-
     rep = StepReport("near_dedup", len(ds), detail={"within_source": 0, "across_sources": 0})
     ids, sources = column(ds, "id"), column(ds, "source")
     # Candidates come from a looser LSH band setting, so pairs just above the threshold are not missed by chance.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import pandas as pd
 
 from ..base import KitError, atomic_write
 from ..rundir import RunDir
@@ -118,8 +119,6 @@ def unique_ids(ids: list[str]) -> list[str]:
 
 
 def draws_table(draws: list[SourceDraw]):
-    import pandas as pd
-
     df = pd.DataFrame([asdict(d) for d in draws])
     df["share"] = df["taken"] / max(1, df["taken"].sum())
     return df
