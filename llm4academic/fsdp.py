@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from .base import atomic_write
 from .rundir import RunDir
 
+
 def trains_on_cpu(tp) -> bool:
     """``train.cpu``, or — when unset — whether no GPU is visible."""
     return tp.cpu if tp.cpu is not None else not torch.cuda.is_available()

@@ -19,15 +19,28 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import nbformat
 import yaml
+from ipykernel.kernelspec import install as install_kernel
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from nbconvert import HTMLExporter
 
 from . import __version__
-from .base import KitError, atomic_write, git_info, project_root, setup_environment
+from .base import (
+    KitError,
+    atomic_write,
+    default_reports_dir,
+    git_info,
+    now,
+    project_root,
+    setup_environment,
+    sha256_file,
+)
+from .compare import load_studies
 from .config import STEPS, load_params, resolved_dict
+from .rundir import NOTEBOOKS, RunDir
 
-NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb",
-                             "evaluate": "03_evaluate_zbench.ipynb", "compare": "04_compare_models.ipynb"}
 HTML_TEMPLATE_DIR = Path(__file__).parent / "resources" / "templates" / "nbconvert"
 KERNEL_NAME = "llm4academic"
 VERSIONED = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "pandas", "seaborn", "papermill",
@@ -258,10 +271,10 @@ def _entry(rd: RunDir, step: str) -> dict[str, Any]:
     return {"step": step, "notebook": name, "ipynb": rd.relative(rd.notebook(step)), "html": rd.relative(rd.html(step))}
 
 
-def _quiet_read(reader) -> Any:
+def _quiet_read(reader, *args) -> Any:
     """What an artifact reader returns, or None for a missing or broken file (the index page still renders)."""
     try:
-        return reader()
+        return reader(*args)
     except (OSError, KitError):
         return None
 
@@ -282,8 +295,8 @@ def _train_summaries(rd: RunDir) -> list[dict] | None:
         return None
     out = []
     for entry in index:
-        summary = _quiet_read(lambda: rd.read_train_summary(entry["model"])) or {}
-        stats = _quiet_read(lambda: rd.read_data_stats(entry["model"])) or {}
+        summary = _quiet_read(rd.read_train_summary, entry["model"]) or {}
+        stats = _quiet_read(rd.read_data_stats, entry["model"]) or {}
         out.append({**entry, "first_loss": summary.get("first_loss"), "total_steps": summary.get("total_steps"),
                     "fsdp": summary.get("fsdp"), "packing_efficiency": (stats.get("pack") or {}).get("efficiency"),
                     "padded_efficiency": stats.get("padded_efficiency")})

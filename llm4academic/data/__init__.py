@@ -6,7 +6,6 @@ training mix and every report into the run directory (``RunDir.data_dir``) for t
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -89,7 +89,8 @@ def near_dedup(ds: datasets.Dataset, threshold: float = 0.85, num_perm: int = 12
     """Drop records whose character-shingle MinHash (datasketch LSH) is ≥ ``threshold`` similar to a kept one.
 
     LSH (with a looser band setting) proposes candidates; the MinHash Jaccard estimate confirms them, so a pair
-    is removed only when its estimated similarity reaches the threshold. Works within and across sources; the report counts both.
+    is removed only when its estimated similarity reaches the threshold. Works within and across sources; the
+    report counts both.
     """
     rep = StepReport("near_dedup", len(ds), detail={"within_source": 0, "across_sources": 0})
     ids, sources = column(ds, "id"), column(ds, "source")
