@@ -221,6 +221,11 @@ def load_tokenizer(mp: ModelParams):
     return AutoTokenizer.from_pretrained(resolve_model_path(mp.path), **_load_kwargs(mp))
 
 
+def load_tokenizers(mps: list[ModelParams]) -> dict:
+    """Each study model's tokenizer, by model name."""
+    return {mp.name: load_tokenizer(mp) for mp in mps}
+
+
 def resolve_dtype(dtype):
     """``"auto"`` stays ``"auto"`` (the checkpoint's own dtype); ``"bfloat16"`` etc. become torch dtypes."""
     if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):

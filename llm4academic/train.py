@@ -304,6 +304,13 @@ def launch(params_path: str | Path, run_dir: str | Path, model: str, overrides: 
     return {**summary, "data": stats}
 
 
+def launch_all(params_path: str | Path, run_dir: str | Path, overrides: list[str] | tuple = ()) -> dict[str, dict]:
+    """``launch`` every model the study trains (``train.models``, default all), one after the other; returns each
+    run's summary by model name."""
+    params = load_params(params_path, overrides)
+    return {mp.name: launch(params_path, run_dir, mp.name, overrides) for mp in params.trained_models}
+
+
 def run_distributed(params_path: str | Path, run_dir: str | Path, model: str | None,
                     overrides: list[str] | tuple = ()) -> None:
     """``llm4academic train``: this process is one of the workers that ``accelerate launch`` / torchrun started.

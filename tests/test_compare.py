@@ -10,7 +10,7 @@ import pytest
 
 from llm4academic import compare
 from llm4academic.compare import CompareError
-from llm4academic.scoring import bootstrap_ci
+from llm4academic.scoring import bootstrap_ci, group_rng
 from llm4academic.zbench import answers_long, load_zbench
 
 ITEMS = ["basic-000", "basic-001", "basic-002", "basic-003", "advanced-000", "advanced-001", "advanced-002",
@@ -96,7 +96,7 @@ def test_paired_difference_and_deltas():
     d = compare.paired_diff(p, "x-tuned", "x", seed=3, n_boot=1000)
     diffs = np.array(GOOD) - np.array(BAD)
     assert d["n"] == 10 and d["delta"] == pytest.approx(diffs.mean())
-    _, low, high = bootstrap_ci(diffs, n_boot=1000, rng=compare._group_rng(3, "x-tuned", "x"))
+    _, low, high = bootstrap_ci(diffs, n_boot=1000, rng=group_rng(3, "x-tuned", "x"))
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((low, high)) and d["separated"] and low > 0
     same = compare.paired_diff(compare.primary_scores(_scores({"x": GOOD, "y": GOOD})), "x", "y")
     assert same["delta"] == 0 and not same["separated"]
@@ -183,8 +183,8 @@ def test_length_bias_and_judge_agreement(tmp_path):
     assert bias.loc["m", "items"] == 10 and bias.loc["m", "median_chars"] == np.median(lengths)
     assert "(all answers)" in bias.index and -1 <= bias.loc["(all answers)", "spearman"] <= 1
     x = pd.Series([1, 2, 3, 4, 5])
-    assert compare._spearman(x, x * 10) == pytest.approx(1) and compare._spearman(x, -x) == pytest.approx(-1)
-    assert math.isnan(compare._spearman(x, pd.Series([1] * 5)))  # constant scores: undefined, not 0
+    assert compare.spearman(x, x * 10) == pytest.approx(1) and compare.spearman(x, -x) == pytest.approx(-1)
+    assert math.isnan(compare.spearman(x, pd.Series([1] * 5)))  # constant scores: undefined, not 0
     pairwise = pd.DataFrame({"item_id": ITEMS[:4], "split": "basic", "model": "m", "scorer": "pairwise",
                              "score": [1, .5, .5, 0], "against": "GPT4", "verdict": ["win", "tie", "tie", "loss"],
                              "first": "A", "second": "A", "consistent": [True, False, True, True]})
@@ -213,7 +213,7 @@ def test_script_in_real_zbench_answers_is_escaped(tmp_path):
 def test_headline_and_artifacts(tmp_path):
     run = make_study(tmp_path, "a", {"good": GOOD, "bad": BAD})
     c = compare.compare([run], n_boot=200)
-    written = compare.write_artifacts(c, run / "artifacts" / "compare")
+    written = compare.write_artifacts(c, run)
     assert {p.name for p in written} >= {"leaderboard.csv", "findings.csv", "deltas.csv", "headline.json"}
     h = json.loads((run / "artifacts" / "compare" / "headline.json").read_text())
     assert h["splits"] == ["basic", "advanced", "domain", "overall"] and h["seed"] == 7 and h["n_items"] == 10

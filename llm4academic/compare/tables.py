@@ -1,0 +1,318 @@
+"""The comparison's tables, from scores on one scale: primary scores, the leaderboard with bootstrap CIs, per-tag
+scores, base → tuned deltas, findings (best model per facet and whether its margin is separated), length bias,
+judge agreement, and the studies' training curves, data mix and provenance.
+
+Bootstrap resampling is seeded per group (``group_rng``): a group's interval does not depend on which other
+groups are in the table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+
+import pandas as pd
+
+from ..base import git_info
+from ..scoring import OVERALL, aggregate, bootstrap_ci, group_rng, pairwise_summary
+from ..zbench import REFERENCE_MODELS, SPLITS, answers_long, model_label
+from .studies import Study, combined
+
+PRIMARY_ORDER: tuple[str, ...] = ("option", "number", "contains", "rouge_l")
+PRIMARY_METHOD = ("each item scored by its most specific reference scorer (option > number > contains > rouge_l), "
+                  "items with a reference only; mean over items, percentile bootstrap CI over items")
+MIN_TAG_ITEMS = 3  # findings per tag need at least this many items
+
+
+# --------------------------------------------------------------------------------------------- scores and ranks
+
+
+def primary_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """One score per (model, item): the most specific reference scorer that judged it (``PRIMARY_ORDER``)."""
+    ref = scores[(scores["against"] == "reference") & scores["scorer"].isin(PRIMARY_ORDER)].copy()
+    ref["_rank"] = ref["scorer"].map(PRIMARY_ORDER.index)
+    ref = ref.sort_values(["model", "item_id", "_rank"], kind="stable").drop_duplicates(["model", "item_id"])
+    keep = [c for c in ("item_id", "split", "model", "scorer", "score", "study") if c in ref.columns]
+    return ref[keep].reset_index(drop=True)
+
+
+def model_kinds(models: Iterable[str], studied: Sequence[str]) -> dict[str, str]:
+    """``study`` (a base model of a study), ``tuned`` (a model the train step tuned) or ``reference``."""
+    out = {}
+    for m in models:
+        out[m] = ("reference" if m in REFERENCE_MODELS and m not in studied else
+                  "tuned" if m.endswith("-tuned") else "study")
+    return out
+
+
+def leaderboard(primary: pd.DataFrame, studied: Sequence[str], *, seed: int = 0, n_boot: int = 1000,
+                ci: float = 0.95) -> pd.DataFrame:
+    """Per model and split (and ``overall``): ``n, score, ci_low, ci_high`` plus ``kind`` and ``rank`` (1 = best,
+    within the split, over all models). Rows: split order, then best first."""
+    table = aggregate(primary, ("model", "split"), seed=seed, n_boot=n_boot, ci=ci)
+    kinds = model_kinds(table["model"].unique(), studied)
+    table["kind"] = table["model"].map(kinds)
+    table["label"] = table["model"].map(model_label)
+    table["rank"] = table.groupby("split")["score"].rank(ascending=False, method="min").astype(int)
+    split_order = {s: i for i, s in enumerate([*SPLITS, OVERALL])}
+    table = table.sort_values(["split", "score", "model"], key=lambda c: c.map(split_order) if c.name == "split"
+                              else -c if c.name == "score" else c, kind="stable").reset_index(drop=True)
+    table.attrs["leaderboard"] = {"metric": PRIMARY_METHOD, "seed": seed, "n_boot": n_boot, "ci": ci}
+    return table
+
+
+def overall_order(board: pd.DataFrame) -> list[str]:
+    """The models of a leaderboard, best overall first (the leaderboard's own order)."""
+    return board.loc[board["split"] == OVERALL, "model"].tolist()
+
+
+def wide_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
+    """Models × splits, ``0.412 [0.30, 0.53]`` cells, ordered by the overall score."""
+    cells = board.assign(cell=[f"{s:.3f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(s) else "—"
+                               for s, lo, hi in zip(board["score"], board["ci_low"], board["ci_high"], strict=True)])
+    wide = cells.pivot_table(index="model", columns="split", values="cell", aggfunc="first")
+    order = board[board["split"] == OVERALL].sort_values("score", ascending=False)["model"]
+    splits = [s for s in [*SPLITS, OVERALL] if s in wide.columns]
+    wide = wide.loc[list(order), splits]
+    wide.insert(0, "kind", wide.index.map(dict(zip(board["model"], board["kind"], strict=True))))
+    wide.columns.name = None
+    return wide
+
+
+def by_tag(primary: pd.DataFrame, zbench: pd.DataFrame, *, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
+    """Per model and Z-Bench tag: ``n, score, ci_low, ci_high`` (an item counts under each of its tags)."""
+    out = aggregate(primary, ("model", "tag"), seed=seed, n_boot=n_boot, zbench=zbench, overall=False)
+    return out[out["tag"] != OVERALL].reset_index(drop=True)
+
+
+def tag_matrix(tags: pd.DataFrame, models: Sequence[str] | None = None, min_items: int = 1) -> pd.DataFrame:
+    """Models × tags mean scores (tags with at least ``min_items`` items), rows in ``models`` order."""
+    keep = tags[tags["n"] >= min_items]
+    mat = keep.pivot_table(index="model", columns="tag", values="score", aggfunc="first")
+    if models is not None:
+        mat = mat.reindex([m for m in models if m in mat.index])
+    return mat
+
+
+def primary_tag_matrix(scores: pd.DataFrame, zbench: pd.DataFrame, models: Sequence[str] | None = None, *,
+                       seed: int = 0) -> pd.DataFrame:
+    """Models × tags mean primary scores straight from an evaluation's scores (``primary_scores`` → ``by_tag`` →
+    ``tag_matrix``): what the evaluate and compare notebooks both draw as a heatmap."""
+    return tag_matrix(by_tag(primary_scores(scores), zbench, seed=seed), models)
+
+
+def side_by_side(answers: pd.DataFrame, zbench: pd.DataFrame, k: int = 6) -> pd.DataFrame:
+    """The first ``k`` prompts of an evaluation: split, prompt, Z-Bench's reference, then one column per model."""
+    wide = answers.pivot_table(index="item_id", columns="model", values="answer", aggfunc="first")
+    return zbench.set_index("item_id")[["split", "prompt", "reference"]].join(wide).head(k)
+
+
+# --------------------------------------------------------------------------------------------- paired differences
+
+
+def paired_diff(primary: pd.DataFrame, a: str, b: str, items: Iterable[str] | None = None, *, seed: int = 0,
+                n_boot: int = 1000, ci: float = 0.95, key: tuple = ()) -> dict[str, float]:
+    """``a − b`` on the items both answered (optionally only ``items``): mean difference, a paired percentile
+    bootstrap CI (items resampled together), ``n`` and whether the CI excludes zero."""
+    wide = primary[primary["model"].isin([a, b])].pivot_table(index="item_id", columns="model", values="score")
+    if items is not None:
+        wide = wide[wide.index.isin(set(items))]
+    if a not in wide or b not in wide:
+        return {"n": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "separated": False}
+    d = (wide[a] - wide[b]).dropna().to_numpy()
+    mean, low, high = bootstrap_ci(d, n_boot=n_boot, ci=ci, rng=group_rng(seed, a, b, *key))
+    return {"n": int(len(d)), "delta": mean, "ci_low": low, "ci_high": high,
+            "separated": bool(len(d) and (low > 0 or high < 0))}
+
+
+def tuning_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
+    """(base, tuned) pairs among the models: ``x`` and ``x-tuned``."""
+    present = set(models)
+    return [(m[: -len("-tuned")], m) for m in models if m.endswith("-tuned") and m[: -len("-tuned")] in present]
+
+
+def tuning_deltas(primary: pd.DataFrame, models: Sequence[str], *, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
+    """Tuned minus base, per split and overall, with paired bootstrap CIs: ``base, tuned, split, n, base_score,
+    tuned_score, delta, ci_low, ci_high, separated``."""
+    rows = []
+    for base, tuned in tuning_pairs(models):
+        for split in [*[s for s in SPLITS if s in set(primary["split"])], OVERALL]:
+            part = primary if split == OVERALL else primary[primary["split"] == split]
+            d = paired_diff(part, tuned, base, seed=seed, n_boot=n_boot, key=(split,))
+            means = part[part["model"].isin([base, tuned])].groupby("model")["score"].mean()
+            rows.append({"base": base, "tuned": tuned, "split": split, "base_score": means.get(base, math.nan),
+                         "tuned_score": means.get(tuned, math.nan), **d})
+    cols = ["base", "tuned", "split", "n", "base_score", "tuned_score", "delta", "ci_low", "ci_high", "separated"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _best_two(part: pd.DataFrame, models: Sequence[str]) -> list[tuple[str, float]]:
+    means = part[part["model"].isin(models)].groupby("model")["score"].mean().dropna()
+    return sorted(means.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
+
+
+def findings(primary: pd.DataFrame, zbench: pd.DataFrame, models: Sequence[str], *, seed: int = 0,
+             n_boot: int = 1000, min_tag_items: int = MIN_TAG_ITEMS) -> pd.DataFrame:
+    """Best of ``models`` per split, overall and per tag (tags with ≥ ``min_tag_items`` items): the runner-up,
+    the margin, its paired bootstrap CI and whether that CI excludes zero (``separated``). Overall first, then
+    splits, then tags by item count."""
+    tags = zbench.drop_duplicates("item_id").set_index("item_id")["tags"]
+    facets: list[tuple[str, str, list[str]]] = [("overall", OVERALL, list(primary["item_id"].unique()))]
+    for split in [s for s in SPLITS if s in set(primary["split"])]:
+        facets.append(("split", split, list(primary.loc[primary["split"] == split, "item_id"].unique())))
+    scored = set(primary.loc[primary["model"].isin(models), "item_id"])
+    tag_items: dict[str, list[str]] = {}
+    for item in sorted(scored):
+        for t in tags.get(item, []) or []:
+            tag_items.setdefault(t, []).append(item)
+    for t, items in sorted(tag_items.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if len(items) >= min_tag_items:
+            facets.append(("tag", t, items))
+    rows = []
+    for facet, value, items in facets:
+        part = primary[primary["item_id"].isin(items)]
+        top = _best_two(part, models)
+        if not top:
+            continue
+        best, best_score = top[0]
+        row = {"facet": facet, "value": value, "items": len(items), "best": best, "best_score": best_score,
+               "runner_up": None, "runner_up_score": math.nan, "margin": math.nan, "ci_low": math.nan,
+               "ci_high": math.nan, "separated": False}
+        if len(top) > 1:
+            runner, runner_score = top[1]
+            d = paired_diff(part, best, runner, seed=seed, n_boot=n_boot, key=(facet, value))
+            row.update(runner_up=runner, runner_up_score=runner_score, margin=d["delta"], ci_low=d["ci_low"],
+                       ci_high=d["ci_high"], separated=d["separated"])
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["facet", "value", "items", "best", "best_score", "runner_up",
+                                       "runner_up_score", "margin", "ci_low", "ci_high", "separated"])
+
+
+def findings_text(table: pd.DataFrame) -> list[str]:
+    """One sentence per finding (overall and splits), for the notebook and the index page."""
+    out = []
+    for r in table[table["facet"] != "tag"].itertuples(index=False):
+        where = "overall" if r.facet == "overall" else f"on {r.value}"
+        if r.runner_up is None:
+            out.append(f"{where}: {r.best} scores {r.best_score:.3f} (no other studied model to compare)")
+            continue
+        verdict = ("the paired 95 % CI of the margin excludes zero" if r.separated else
+                   "the paired 95 % CI of the margin includes zero: not separated")
+        out.append(f"{where}: {r.best} {r.best_score:.3f} vs {r.runner_up} {r.runner_up_score:.3f}, margin "
+                   f"{r.margin:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.items} items — {verdict}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- length bias
+
+
+def all_answers(studies: Sequence[Study], zbench: pd.DataFrame) -> pd.DataFrame:
+    """``item_id, model, answer`` on the compared items: the studied models' generations and the reference models'
+    shipped answers."""
+    items = set(studies[0].items)
+    ours = combined(studies, "answers")
+    theirs = answers_long(zbench[zbench["item_id"].isin(items)])
+    both = pd.concat([x[["item_id", "model", "answer"]] for x in (ours, theirs) if x is not None], ignore_index=True)
+    return both[both["item_id"].isin(items)].drop_duplicates(["item_id", "model"]).reset_index(drop=True)
+
+
+def answer_lengths(answers: pd.DataFrame) -> pd.DataFrame:
+    """Answer length in characters per (model, item)."""
+    return answers.assign(chars=answers["answer"].fillna("").astype(str).str.len()).drop(columns="answer")
+
+
+def length_bias(primary: pd.DataFrame, lengths: pd.DataFrame) -> pd.DataFrame:
+    """Per model: median answer length, mean score, and the Spearman correlation between answer length and score
+    over its items; a last row ``(all answers)`` pools every answer. Positive ρ: longer answers score higher."""
+    joined = primary.merge(lengths, on=["model", "item_id"], how="inner")
+    rows = []
+    for model, g in joined.groupby("model", sort=False):
+        rows.append({"model": model, "items": len(g), "median_chars": float(g["chars"].median()),
+                     "mean_score": float(g["score"].mean()), "spearman": spearman(g["chars"], g["score"])})
+    rows.append({"model": "(all answers)", "items": len(joined), "median_chars": float(joined["chars"].median())
+                 if len(joined) else math.nan, "mean_score": float(joined["score"].mean()) if len(joined) else math.nan,
+                 "spearman": spearman(joined["chars"], joined["score"])})
+    return pd.DataFrame(rows)
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    """Rank correlation; NaN (undefined, not 0) with fewer than three points or a constant series."""
+    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
+        return math.nan
+    return float(x.rank().corr(y.rank()))
+
+
+# --------------------------------------------------------------------------------------------- judge, training, data
+
+
+def judge_agreement(pairwise: pd.DataFrame | None) -> pd.DataFrame | None:
+    """Per model judged against the baseline in both orders: wins/ties/losses, and ``order_consistency`` — the
+    share of items whose verdict did not flip when the two answers swapped places (1 − position bias)."""
+    if pairwise is None or not len(pairwise):
+        return None
+    out = pairwise_summary(pairwise)
+    out["order_consistency"] = 1 - out["position_bias"]
+    out["baseline"] = pairwise.groupby("model", sort=False)["against"].first().reindex(out["model"]).values
+    return out
+
+
+def training_curves(studies: Sequence[Study]) -> pd.DataFrame:
+    """Long table ``model, step, metric, value, study`` of every trained model's logged loss and learning rate, read
+    through the study's ``RunDir`` (compare never imports train.py); the model is named as in the comparison (its
+    ``-tuned`` name)."""
+    frames = []
+    for s in studies:
+        for entry in s.rd.read_checkpoint_index():
+            rows = s.rd.read_metrics(entry["model"])
+            if not len(rows):
+                continue
+            name = s.renamed.get(f"{entry['model']}-tuned", f"{entry['model']}-tuned")
+            metrics = [m for m in ("loss", "lr") if m in rows]
+            frames.append(rows.melt(id_vars="step", value_vars=metrics, var_name="metric").assign(model=name,
+                                                                                                  study=s.name))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "step", "metric",
+                                                                                     "value", "study"])
+
+
+def data_mix(studies: Sequence[Study]) -> pd.DataFrame:
+    """Per study and source: records available after cleaning and taken into the training mix, from the data
+    step's summary."""
+    rows = []
+    for s in studies:
+        summary = s.rd.read_data_summary()
+        if not summary:
+            continue
+        total = summary.get("records_in_mix") or 0
+        for d in summary.get("mix", []):
+            rows.append({"study": s.name, "source": d["source"], "mode": d.get("mode"), "weight": d.get("weight"),
+                         "available": d.get("available"), "taken": d.get("taken"),
+                         "share": d.get("taken", 0) / total if total else math.nan})
+    return pd.DataFrame(rows, columns=["study", "source", "mode", "weight", "available", "taken", "share"])
+
+
+def data_flow(studies: Sequence[Study]) -> pd.DataFrame:
+    """Per study: records loaded → after cleaning (removed per step) → in the mix, and the mix's sha256."""
+    rows = []
+    for s in studies:
+        d = s.rd.read_data_summary()
+        if d:
+            rows.append({"study": s.name, "loaded": d.get("records_loaded"),
+                         "after_cleaning": d.get("records_after_cleaning"),
+                         **{f"removed.{k}": v for k, v in (d.get("removed") or {}).items()},
+                         "in_mix": d.get("records_in_mix"), "mix_sha256": (d.get("mix_sha256") or "")[:12]})
+    return pd.DataFrame(rows)
+
+
+def provenance(studies: Sequence[Study]) -> pd.DataFrame:
+    """Per study: seed, git sha and dirty flag, the Z-Bench slice and scorers, generation settings."""
+    rows = []
+    for s in studies:
+        git = (s.manifest or {}).get("git") or git_info()
+        ev = s.evaluate
+        rows.append({"study": s.name, "seed": s.seed, "git_sha": (git.get("sha") or "")[:12],
+                     "dirty": git.get("dirty"), "items": len(s.items), "splits": ", ".join(ev.get("splits", [])),
+                     "limit": ev.get("limit"), "scorers": ", ".join(ev.get("scorers", [])),
+                     "generation": json.dumps(ev.get("generation", {}), sort_keys=True),
+                     "judge": (ev.get("judge") or {}).get("model"), "run_dir": str(s.run_dir)})
+    return pd.DataFrame(rows)

@@ -1,0 +1,98 @@
+"""figures.py: every figure function draws small frames of the shapes the notebooks pass, and returns its Figure
+(or Axes); the comparison palette keeps one colour per model."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from llm4academic import compare, figures  # noqa: E402
+
+ITEMS = [f"{split}-{i:03d}" for split in ("basic", "advanced") for i in range(4)]
+SCORES = {"x": [1, 0, 1, 1, 0, 1, 0, 1], "x-tuned": [1, 1, 1, 1, 0, 1, 1, 1], "GPT4": [1, 1, 0, 1, 1, 1, 0, 1]}
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def primary():
+    rows = [(item, item.split("-")[0], m, "contains", float(v)) for m, vs in SCORES.items()
+            for item, v in zip(ITEMS, vs, strict=True)]
+    return pd.DataFrame(rows, columns=["item_id", "split", "model", "scorer", "score"])
+
+
+@pytest.fixture(scope="module")
+def colours():
+    return figures.palette({"x": "study", "x-tuned": "tuned", "GPT4": "reference"}, ["x", "x-tuned"])
+
+
+def test_style_and_palette(colours):
+    assert isinstance(figures.style(), list)
+    assert set(colours) == {"x", "x-tuned", "GPT4"}
+    assert np.allclose(colours["x-tuned"], 0.6 * np.asarray(colours["x"]))  # a darker shade of its base
+    assert colours["GPT4"][0] == colours["GPT4"][1] == colours["GPT4"][2]  # grey
+    assert set(figures.label_palette(colours)) == {"x", "x-tuned", "GPT4"}
+
+
+def test_explore_figures():
+    draws = pd.DataFrame({"source": ["alpaca", "belle"], "available": [10, 20], "taken": [5, 20]})
+    assert isinstance(figures.plot_mix(draws, 25, seed=1), Figure)
+    per_source = pd.DataFrame({"source": ["alpaca", "belle"], "records": [5, 20], "share": [.2, .8]})
+    langs = pd.DataFrame({"source": ["alpaca", "belle", "belle"], "language": ["en", "zh", "en"],
+                          "share": [1, .9, .1]})
+    assert isinstance(figures.plot_sources_languages(per_source, langs), Figure)
+    chars = pd.DataFrame({"source": ["alpaca", "belle"] * 4, "field": ["instruction"] * 4 + ["output"] * 4,
+                          "chars": [10, 20, 0, 40, 50, 60, 70, 80]})
+    assert isinstance(figures.plot_length_ecdf(chars), Figure)
+    tokens = chars.rename(columns={"chars": "tokens"}).assign(model="tiny-llama")
+    assert isinstance(figures.plot_token_lengths(tokens), Figure)
+    verbs = pd.DataFrame({"verb": ["write", "write", "give"], "object": ["poem", "story", "list"],
+                          "records": [3, 2, 1]})
+    assert isinstance(figures.plot_leading_verbs(verbs), Figure)
+
+
+def test_train_and_evaluate_figures():
+    curves = pd.DataFrame({"model": "tiny-llama", "step": [1, 2, 1, 2], "metric": ["loss", "loss", "lr", "lr"],
+                           "value": [2.0, 1.5, 1e-4, 5e-5]})
+    assert isinstance(figures.plot_train_curves(curves), Figure)
+    summary = pd.DataFrame({"model": ["x", "x", "GPT4", "GPT4"], "split": "overall",
+                            "scorer": ["contains", "rouge_l"] * 2, "score": [.5, .3, .8, .4]})
+    assert isinstance(figures.plot_scorers(summary), Figure)
+    matrix = pd.DataFrame({"化学": [.5, 1.0], "物理": [np.nan, 0.0]}, index=["x", "GPT4"])
+    assert isinstance(figures.plot_tag_heatmap(matrix), Figure)
+
+
+def test_compare_figures(primary, colours):
+    board = compare.leaderboard(primary, ["x", "x-tuned"], n_boot=50)
+    assert isinstance(figures.plot_leaderboard(board, colours), Axes)
+    assert isinstance(figures.plot_splits(board, colours), Figure)
+    deltas = compare.tuning_deltas(primary, ["x", "x-tuned"], n_boot=50)
+    assert isinstance(figures.plot_deltas(deltas, colours), Figure)
+    lengths = primary[["model", "item_id"]].assign(chars=np.arange(len(primary)) * 7 + 1)
+    assert isinstance(figures.plot_length_bias(primary, lengths, colours), Figure)
+    agreement = pd.DataFrame({"model": ["x", "x-tuned"], "n": [4, 4], "wins": [1, 2], "ties": [2, 1],
+                              "losses": [1, 1], "order_consistency": [.75, 1.0], "baseline": "GPT4"})
+    assert isinstance(figures.plot_judge(agreement, colours), Figure)
+    curves = pd.DataFrame({"model": "x-tuned", "step": [1, 2], "metric": "loss", "value": [2.0, 1.5]})
+    assert isinstance(figures.plot_curves(curves, colours), Figure)
+
+
+def test_text_beside_the_figures():
+    assert figures.markdown_list(["a.csv", "b.json"]) == "- `a.csv`\n- `b.json`"
+    assert figures.markdown_list(["overall: x wins"], code=False) == "- overall: x wins"
+
+    class Model:
+        name, path = "tiny-llama", "tiny:llama"
+
+    assert figures.model_names([Model(), "x"]) == "`tiny-llama`, `x`"
+    assert figures.model_names([Model()], paths=True) == "`tiny-llama` (tiny:llama)"
