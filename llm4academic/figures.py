@@ -27,9 +27,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import font_manager
 
+from .scoring import OVERALL
 from .zbench import REFERENCE_MODELS, SPLITS, model_label
-
-OVERALL = "overall"  # scoring.OVERALL, the all-items row of an aggregate (figures does not import scoring)
 CJK_FONTS: tuple[str, ...] = ("WenQuanYi Micro Hei", "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC",
                                "WenQuanYi Zen Hei")
 

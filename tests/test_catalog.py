@@ -12,7 +12,8 @@ from llm4academic import catalog
 from llm4academic.catalog import (ALPACA_MIX, DatasetCard, ModelCard, card_for_config, catalog_frame, datasets,
                                   format_model_table, format_table, get_dataset, get_model_card, model_cards,
                                   model_frame)
-from llm4academic.config import FORMAT_NAMES, MODEL_CARDS, TEMPLATES, KitError, resolve_data_path
+from llm4academic.base import KitError, resolve_data_path
+from llm4academic.config import FORMAT_NAMES, MODEL_CARDS, TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_NAMES = ("OIG", "Alpaca", "BELLE", "Luotuo", "Guanaco", "Firefly", "GPT-4-LLM", "gpt4all", "hh-rlhf", "Dolly",
