@@ -39,6 +39,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script (python benchmarks/gpu.py, torchrun): the checkout's `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 GOAL_MFU = 0.40
 FULL = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 16, "intermediate_size": 5504,
         "vocab_size": 32000}
@@ -128,7 +131,8 @@ def packed_rows(seq_len: int, needed: int, seed: int) -> tuple[list[dict], dict]
     import datasets
 
     from llm4academic import models, sft
-    from llm4academic.config import RESOURCES_DIR, ModelParams
+    from llm4academic.base import RESOURCES_DIR
+    from llm4academic.config import ModelParams
     from llm4academic.data.formats import load_file
 
     datasets.disable_progress_bars()
@@ -196,8 +200,8 @@ def main(argv=None) -> dict:
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
         raise SystemExit("gpu.py: no CUDA device here; run with --dry-run for the CPU check")
+    from benchmarks.machine import cpu_model
     from llm4academic import sft
-    from llm4academic.bench import cpu_model
 
     started = time.perf_counter()
     rank, world, local_rank = init_distributed(cuda)

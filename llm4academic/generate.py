@@ -16,41 +16,36 @@ tokenizer's EOS id (the id ``sft`` puts after every reply) or after ``max_new_to
 settings. A prompt longer than the model's context minus ``max_new_tokens`` keeps its leading special tokens and its
 end (the template's ``### Response:``) and is flagged ``prompt_truncated``.
 
-Cache: one JSONL file per model identity (``model_identity``: resolved path + sha256 of the weights, config and
-tokenizer files; a file's hash is remembered by (size, mtime) under the kit cache). A row's ``key`` hashes the
-identity, the rendered prompt text, the template, the requested dtype, the backend and the decoding settings (batch
-size is recorded but not part of the key: it does not change greedy or seeded answers). Rows are appended line by line
-and flushed + fsynced after every batch, so an interrupted run resumes with only the missing prompts; a truncated last
-line (a crash mid-write) is dropped, reported and cut from the file before appending. Items with the same prompt share
-one generation.
+Cache (``answer_cache.py``): one JSONL file per model identity under ``out_dir`` (the caller's folder), a row per
+prompt keyed by the model identity, prompt text, template, dtype, backend and decoding settings, appended after every
+batch, so an interrupted run resumes with only the missing prompts. Items with the same prompt share one generation.
 
-``backend="vllm"`` (decoder-only, GPU machines with vllm installed) runs the same prompt ids through vLLM with the same
-cache; it raises ``KitError`` where vllm is not importable.
+Backends (``backend=``, the study's ``evaluate.backend``): ``transformers`` (above) or ``vllm`` (decoder-only, GPU
+machines with vllm installed; else a ``KitError`` before anything is loaded or written), with the same prompt ids and
+cache. torch, transformers and ``sft`` are imported where used, so that importing this module stays torch-free.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
-import json
-import os
 import time
-import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from huggingface_hub import snapshot_download
+from tqdm.auto import tqdm
 
-from .base import KitError, atomic_write, cache_dir
+from .answer_cache import Appender, cache_file, cache_key, directory_identity, read_cache, warn_if_damaged
+from .base import KitError
+from .config import BACKENDS, ModelParams
+from .models import load_model, load_tokenizer, model_card, resolve_model_path
+from .templates import prompt_text, render
 
-from .config import ModelParams
-from .templates import prompt_text
-
-BACKENDS = ("transformers", "vllm")
-CACHE_VERSION = 1  # bump when what a key stands for changes (prompt encoding, decoding)
-IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                  "added_tokens.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt")
 _SANE_CONTEXT = 1_000_000  # tokenizers without a limit say model_max_length = 1e30
 
 
@@ -104,57 +99,12 @@ class GenerationReport:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------------------------- model identity
-
-
-def _hash_memo_path() -> Path:
-    return cache_dir() / "generate" / "file-sha256.json"
-
-
-_MEMO: dict[str, list] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, remembered (in memory and under the kit cache) by path, size and mtime."""
-    path = Path(path).resolve()
-    st = path.stat()
-    stamp = [st.st_size, st.st_mtime_ns]
-    memo_file = _hash_memo_path()
-    if not _MEMO and memo_file.is_file():
-        try:
-            known = json.loads(memo_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            known = {}  # a damaged memo only costs re-hashing
-        _MEMO.update({p: v for p, v in known.items() if Path(p).exists()})  # forget deleted files
-    hit = _MEMO.get(str(path))
-    if hit and hit[:2] == stamp:
-        return hit[2]
-    with open(path, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    _MEMO[str(path)] = [*stamp, digest]
-    atomic_write(memo_file, json.dumps(_MEMO, indent=0, sort_keys=True))
-    return digest
-
-
-def identity_files(directory: str | Path) -> list[Path]:
-    """The files a model directory's identity hashes: its ``*.safetensors`` weights, config and tokenizer files."""
-    directory = Path(directory)
-    weights = sorted(directory.glob("*.safetensors"))
-    if not weights:
-        raise KitError(f"{directory}: no *.safetensors weights (the kit loads safetensors only)")
-    return weights + [directory / n for n in IDENTITY_FILES if (directory / n).is_file()]
-
-
 def _local_dir(path: str, revision: str | None = None) -> Path | None:
     """A model's local directory: the resolved path, or a hub id's snapshot in the HF cache (None if not there)."""
-    from .models import resolve_model_path
-
     resolved = resolve_model_path(path)
     if Path(resolved).is_dir():
         return Path(resolved).resolve()
     try:
-        from huggingface_hub import snapshot_download
-
         snapshot = Path(snapshot_download(resolved, revision=revision, local_files_only=True))
     except Exception:  # noqa: BLE001 — not downloaded yet (or not a hub id): the caller loads it first
         return None
@@ -162,110 +112,12 @@ def _local_dir(path: str, revision: str | None = None) -> Path | None:
 
 
 def model_identity(path: str, revision: str | None = None) -> str:
-    """``<resolved directory>@sha256:<digest>``: where the model is and what its weights, config and tokenizer are.
-
-    ``path`` is ``tiny:<arch>``, a local directory or a hub id already in the HF cache. Hashes are remembered by
-    (size, mtime), so a second call does not re-read the weights.
-    """
+    """``<resolved directory>@sha256:<digest>`` of ``tiny:<arch>``, a local directory or a hub id already in the HF
+    cache: where the model is and what its weights, config and tokenizer are (``answer_cache.directory_identity``)."""
     local = _local_dir(path, revision)
     if local is None:
         raise KitError(f"{path}: not a local model directory and not in the Hugging Face cache")
-    h = hashlib.sha256()
-    for f in identity_files(local):
-        h.update(f"{f.name}\t{file_sha256(f)}\n".encode())
-    return f"{local}@sha256:{h.hexdigest()}"
-
-
-def cache_file(out_dir: str | Path, identity: str) -> Path:
-    """The JSONL file holding one model identity's answers under ``out_dir``."""
-    where, _, _ = identity.partition("@sha256:")
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(where).name)[:60] or "model"
-    return Path(out_dir) / f"{stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsonl"
-
-
-def cache_key(identity: str, text: str, template: str, gen: GenParams, *, dtype: str = "auto",
-              backend: str = "transformers") -> str:
-    """A row's key: model identity, rendered prompt text, template, dtype asked for, backend, decoding settings."""
-    body = {"v": CACHE_VERSION, "model": identity, "prompt_text": text, "template": template,
-            "generation": gen.decoding(), "dtype": dtype, "backend": backend}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
-
-
-# --------------------------------------------------------------------------------------------- the cache file
-
-
-@dataclass
-class CacheContents:
-    """A cache file as read: rows by key, and what was wrong with it."""
-
-    rows: dict[str, dict] = field(default_factory=dict)
-    good_bytes: int = 0  # length of the file up to its last complete line
-    partial: bool = False
-    duplicates: int = 0
-
-
-def read_cache(path: str | Path) -> CacheContents:
-    """The rows of a cache file by key. A half-written last line is dropped (``partial``); a broken line anywhere
-    else is an error naming ``file:line``; a repeated key keeps its first row."""
-    out, path = CacheContents(), Path(path)
-    if not path.is_file():
-        return out
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for n, raw in enumerate(lines, start=1):
-        last = n == len(lines)
-        if last and not raw:
-            break
-        try:
-            row = json.loads(raw)
-            if not isinstance(row, dict) or "key" not in row:
-                raise ValueError("not a row")
-        except ValueError:
-            if last:  # no newline after it: the write was interrupted
-                out.partial = True
-                break
-            raise KitError(f"{path}:{n}: not a generation row; delete that line (or the file) to regenerate it")
-        if last:  # complete JSON but the newline never made it: keep nothing half-written
-            out.partial = True
-            break
-        out.good_bytes += len(raw) + 1
-        if row["key"] in out.rows:
-            out.duplicates += 1
-        else:
-            out.rows[row["key"]] = row
-    return out
-
-
-class _Appender:
-    """Appends rows to a cache file under an exclusive lock, flushed and fsynced per batch."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.fh = open(path, "a", encoding="utf-8")
-        try:
-            import fcntl
-
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except ImportError:  # not POSIX: no lock
-            pass
-        except OSError:
-            self.fh.close()
-            raise KitError(f"{path}: another run is writing this model's answers; wait for it or use another "
-                           f"cache folder") from None
-
-    def cut(self, size: int) -> None:
-        self.fh.flush()
-        os.truncate(self.path, size)
-
-    def write(self, rows: Sequence[dict]) -> None:
-        for row in rows:
-            self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        self.fh.close()  # releases the lock
+    return directory_identity(local)
 
 
 # --------------------------------------------------------------------------------------------- prompts, batches
@@ -279,8 +131,7 @@ def zbench_record(prompt: str) -> dict:
 def prompt_ids(record: dict, tokenizer, template: str, seq2seq: bool) -> list[int]:
     """The ids a model is given for ``record``, exactly as in training: ``sft.encode_prompt`` (decoder-only) or the
     encoder ids of sft's seq2seq path (T5: text, then ``</s>``)."""
-    from . import sft
-    from .templates import render
+    from . import sft  # imports torch
 
     if not seq2seq:
         return sft.encode_prompt(record, tokenizer, template)
@@ -354,8 +205,6 @@ class TransformersRunner:
         import torch
         from transformers import GenerationConfig
 
-        from .models import load_model
-
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(mp).to(self.device).eval()
         self.seq2seq, self.gen = seq2seq, gen
@@ -380,11 +229,11 @@ class TransformersRunner:
 
         width = max(map(len, batch))
         pad = [[self.pad] * (width - len(ids)) for ids in batch]
-        mask = [[0] * len(p) + [1] * len(ids) for p, ids in zip(pad, batch)]
+        mask = [[0] * len(p) + [1] * len(ids) for p, ids in zip(pad, batch, strict=True)]
         if self.seq2seq:  # encoder input: padded on the right
-            rows, mask = [ids + p for p, ids in zip(pad, batch)], [m[::-1] for m in mask]
+            rows, mask = [ids + p for p, ids in zip(pad, batch, strict=True)], [m[::-1] for m in mask]
         else:  # decoder-only: padded on the left, so every row's next token follows its prompt
-            rows = [p + ids for p, ids in zip(pad, batch)]
+            rows = [p + ids for p, ids in zip(pad, batch, strict=True)]
         input_ids = torch.tensor(rows, device=self.device)
         attention_mask = torch.tensor(mask, device=self.device)
         processors = LogitsProcessorList(
@@ -415,10 +264,8 @@ class VllmRunner:
     def __init__(self, mp: ModelParams, tokenizer, seq2seq: bool, gen: GenParams, device: str | None = None):
         vllm = _import_vllm()
         if seq2seq:
-            raise KitError(f"model {mp.name!r} is encoder-decoder: the vllm backend serves decoder-only models; use "
-                           f"backend='transformers'")
-        from .models import resolve_model_path
-
+            raise KitError(f"model {mp.name!r} is encoder-decoder: the vllm backend serves decoder-only models; set "
+                           "evaluate.backend: transformers")
         self.vllm, self.gen, self.eos = vllm, gen, tokenizer.eos_token_id
         self.llm = vllm.LLM(model=resolve_model_path(mp.path), revision=mp.revision, dtype=mp.dtype,
                             trust_remote_code=mp.trust_remote_code, seed=gen.seed)
@@ -447,10 +294,11 @@ class VllmRunner:
 
 def _import_vllm():
     try:
-        import vllm
+        import vllm  # optional: GPU machines only
     except ImportError:
-        raise KitError("backend 'vllm' needs the vllm package, which is not installed here (it runs on GPU "
-                       "machines: pip install vllm); use backend='transformers'") from None
+        raise KitError("backend 'vllm' (evaluate.backend) needs the vllm package, which is not installed here: "
+                       "install vllm on a GPU machine (pip install vllm), or set evaluate.backend: transformers"
+                       ) from None
     return vllm
 
 
@@ -479,11 +327,10 @@ def generate_answers(mp: ModelParams, items: pd.DataFrame, out_dir: str | Path, 
     ``GenerationReport`` (also in ``df.attrs["generation"]``). ``stop_after_batches`` stops after that many batches
     (the rest stays missing and is generated by the next call). The model is loaded only when something is missing.
     """
-    from .models import load_tokenizer, model_card
-
     gen = gen or GenParams()
     if backend not in BACKENDS:
-        raise KitError(f"unknown generation backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        raise KitError(f"unknown generation backend {backend!r} (evaluate.backend); expected one of "
+                       f"{', '.join(BACKENDS)}")
     if backend == "vllm":
         _import_vllm()
     _check_items(items)
@@ -500,17 +347,15 @@ def generate_answers(mp: ModelParams, items: pd.DataFrame, out_dir: str | Path, 
     runner = load_runner() if _local_dir(mp.path, mp.revision) is None else None
     identity = model_identity(mp.path, mp.revision)
     texts = [prompt_text(zbench_record(p), template) for p in items["prompt"]]
-    keys = [cache_key(identity, t, template, gen, dtype=mp.dtype, backend=backend) for t in texts]
+    keys = [cache_key(identity, t, template, gen.decoding(), dtype=mp.dtype, backend=backend) for t in texts]
     path = cache_file(out_dir, identity)
     report = GenerationReport(model=mp.name, identity=identity, cache_file=str(path), items=len(items))
 
     cached, new = read_cache(path), set()
     if any(k not in cached.rows for k in keys):
-        appender = _Appender(path)
+        appender = Appender(path)
         try:
-            cached = read_cache(path)  # again, under the lock
-            if cached.partial:
-                appender.cut(cached.good_bytes)
+            cached = appender.reread()  # again, under the lock
             jobs = {}  # key → first item asking for it: items with the same prompt share one generation
             for i, k in enumerate(keys):
                 if k not in cached.rows:
@@ -523,10 +368,11 @@ def generate_answers(mp: ModelParams, items: pd.DataFrame, out_dir: str | Path, 
                     new.add(row["key"])
         finally:
             appender.close()
-    _note_damage(cached, path, report)
+    warn_if_damaged(cached, path)
+    report.dropped_partial_line, report.duplicate_lines = cached.partial, cached.duplicates
 
     rows = [{**cached.rows[k], "item_id": item_id, "model": mp.name}
-            for k, item_id in zip(keys, items["item_id"]) if k in cached.rows]
+            for k, item_id in zip(keys, items["item_id"], strict=True) if k in cached.rows]
     report.missing = len(items) - len(rows)
     report.cached = sum(1 for r in rows if r["key"] not in new)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -541,16 +387,7 @@ ROW_COLUMNS = ("key", "item_id", "prompt", "answer", "model", "model_identity", 
 
 
 def _versions(*packages: str) -> dict[str, str]:
-    from importlib import metadata
-
     return {p: metadata.version(p) for p in packages}
-
-
-def _note_damage(cached: CacheContents, path: Path, report: GenerationReport) -> None:
-    report.dropped_partial_line, report.duplicate_lines = cached.partial, cached.duplicates
-    if cached.partial:
-        warnings.warn(f"{path}: the last line was half-written (an interrupted run); dropped, it is generated again",
-                      stacklevel=3)
 
 
 @dataclass
@@ -566,7 +403,7 @@ class _Job:
     runner: Any  # TransformersRunner or VllmRunner
 
     def __post_init__(self) -> None:
-        from .sft import framing
+        from .sft import framing  # imports torch
 
         context = self.runner.context  # decoder-only: the answer needs room in the context too
         self.limit = None if context is None else context - (0 if self.seq2seq else self.gen.max_new_tokens)
@@ -577,13 +414,9 @@ class _Job:
         ids = prompt_ids(zbench_record(prompt), self.tokenizer, self.template, self.seq2seq)
         return (*fit_prompt(ids, self.limit, keep_head=self.head), len(ids))
 
-    def generate(self, items: pd.DataFrame, texts: list[str], jobs: dict[str, int], appender: _Appender,
+    def generate(self, items: pd.DataFrame, texts: list[str], jobs: dict[str, int], appender: Appender,
                  report: GenerationReport, progress: bool, stop_after_batches: int | None):
         """Yield the new rows of ``jobs`` (key → row of ``items``), batch after batch, once each batch is on disk."""
-        import datetime as dt
-
-        from tqdm.auto import tqdm
-
         keys, where = list(jobs), list(jobs.values())
         encoded = [self.encode(items["prompt"][i]) for i in where]
         batches = length_batches([len(ids) for ids, _, _ in encoded], self.gen.batch_size)
@@ -598,7 +431,7 @@ class _Job:
                 spent = time.perf_counter() - t0
                 created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
                 rows = [self.row(keys[j], items.iloc[where[j]], encoded[j], new, finish, spent / len(batch), created)
-                        for j, (new, finish) in zip(batch, outs)]
+                        for j, (new, finish) in zip(batch, outs, strict=True)]
                 appender.write(rows)
                 report.generated += len(rows)
                 report.prompts_truncated += sum(r["prompt_truncated"] for r in rows)

@@ -8,12 +8,8 @@ after every assistant reply and labelled — never ``"</s>"`` as text, which som
 SentencePiece's dummy prefix (LLaMA, T5) is not put before each reply. Segment-wise tokens are the tokens a model
 meets at generation time, when the prompt is tokenised alone (``encode_prompt``).
 
-``stanford_alpaca_preprocess`` is stanford_alpaca's ``preprocess`` (tokenise source+target, then source, one by one;
-mask the first ``len(source)`` positions), kept as the reference. Given that the tokenizer reads ``"</s>"`` as the
-EOS id, the two differ only where tokenising ``source + output`` as one text differs from the segments apart
-(``stanford_boundary_differs``): with byte-level BPE, when the pre-tokenizer joins the prompt's last characters and
-the reply's first ones into one pre-token and a merge crosses the join. Alpaca's prompt ends in ``":"``, so the reply
-must start with punctuation or a symbol (``"``, ``-``, ``（``…) and the vocabulary must hold a merge of ``:`` with it.
+Given that the tokenizer reads ``"</s>"`` as the EOS id, the labels equal stanford_alpaca's ``preprocess`` except
+where a merge crosses the prompt/reply join; stanford's reference lives in the checkout's benchmarks/stanford.py.
 
 Packing (``pack``) puts whole examples into rows of at most ``max_length`` (best-fit decreasing), with position ids
 restarting at 0 per example and ``seq_lens``. ``PackedCollator`` gives a 4D block-diagonal causal mask. Transformers 5
@@ -27,7 +23,6 @@ packed batch: it builds its ALiBi bias from a 2D mask (see ``packing_problem``);
 from __future__ import annotations
 
 import bisect
-import copy
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,50 +30,11 @@ from dataclasses import asdict, dataclass
 import datasets
 import torch
 
-from .templates import PROMPT_DICT, get_template, render
+from .templates import get_template, render
 
 IGNORE_INDEX = -100
 ANCHOR = "\n"  # encoded before every segment but the first, then removed (see encode_segments)
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
-
-
-# --------------------------------------------------------------------------------------------- stanford reference
-
-
-def stanford_sources_targets(records: Iterable[dict], tokenizer) -> tuple[list[str], list[str]]:
-    """stanford_alpaca's ``SupervisedDataset`` strings: PROMPT_DICT sources, ``output + eos_token`` (as text)."""
-    sources, targets = [], []
-    for ex in records:
-        key = "prompt_input" if ex.get("input", "") != "" else "prompt_no_input"
-        sources.append(PROMPT_DICT[key].format_map(ex))
-        targets.append(f"{ex['output']}{tokenizer.eos_token}")
-    return sources, targets
-
-
-def _stanford_tokenize(strings: Sequence[str], tokenizer, max_length: int) -> tuple[list[list[int]], list[int]]:
-    tokenized = [tokenizer(text, return_tensors="pt", padding="longest", max_length=max_length, truncation=True)
-                 for text in strings]
-    ids = [t.input_ids[0] for t in tokenized]
-    lens = [int(t.input_ids.ne(tokenizer.pad_token_id).sum()) for t in tokenized]
-    return [i.tolist() for i in ids], lens
-
-
-def stanford_alpaca_preprocess(sources: Sequence[str], targets: Sequence[str], tokenizer, max_length: int) -> dict:
-    """stanford_alpaca ``preprocess``: ``{"input_ids": [[int]], "labels": [[int]]}`` (lists, not tensors)."""
-    examples = [s + t for s, t in zip(sources, targets)]
-    input_ids, _ = _stanford_tokenize(examples, tokenizer, max_length)
-    _, source_lens = _stanford_tokenize(sources, tokenizer, max_length)
-    labels = copy.deepcopy(input_ids)
-    for label, source_len in zip(labels, source_lens):
-        label[:source_len] = [IGNORE_INDEX] * len(label[:source_len])
-    return {"input_ids": input_ids, "labels": labels}
-
-
-def stanford_boundary_differs(source: str, output: str, tokenizer) -> bool:
-    """Whether tokenising ``source + output`` as one text differs from the kit's segment-wise tokens (the only way
-    the kit's labels can differ from stanford's, given that ``"</s>"`` as text becomes the EOS id)."""
-    apart = encode_segments(tokenizer, [[source, output]], framing(tokenizer))[0]
-    return tokenizer(source + output, add_special_tokens=False, verbose=False)["input_ids"] != apart[0] + apart[1]
 
 
 # --------------------------------------------------------------------------------------------- tokenisation
@@ -164,7 +120,7 @@ def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
 def _causal(segments, seg_ids, fr: Framing) -> tuple[list[int], list[int]]:
     """input_ids and labels of one example: prefix, segments, EOS id after each trainable one."""
     ids, labels = list(fr.prefix), [IGNORE_INDEX] * len(fr.prefix)
-    for (_, trainable), toks in zip(segments, seg_ids):
+    for (_, trainable), toks in zip(segments, seg_ids, strict=True):
         ids += toks
         labels += toks if trainable else [IGNORE_INDEX] * len(toks)
         if trainable:
@@ -184,7 +140,7 @@ def _prompt_and_reply(segments) -> tuple[str, str] | None:
 def _tokenize_causal(rendered, tokenizer, fr: Framing, max_length: int) -> dict:
     seg_ids = encode_segments(tokenizer, [[t for t, _ in segs] for segs in rendered], fr)
     out = {k: [] for k in ("input_ids", "labels", *HELPER_COLUMNS)}
-    for segs, toks in zip(rendered, seg_ids):
+    for segs, toks in zip(rendered, seg_ids, strict=True):
         ids, labels = _causal(segs, toks, fr)
         ids, labels, truncated = ids[:max_length], labels[:max_length], len(ids) > max_length
         trainable = len(labels) - labels.count(IGNORE_INDEX)
@@ -217,7 +173,7 @@ def _tokenize_seq2seq(rendered, tokenizer, fr: Framing, max_length: int) -> dict
 
 def _tokenize_batch(batch: dict, *, tokenizer, template: str, max_length: int, fr: Framing, seq2seq: bool) -> dict:
     """``datasets.map`` function: one tokenizer call for every text of every record in the batch."""
-    rendered = [render(dict(zip(batch, values)), template) for values in zip(*batch.values())]
+    rendered = [render(dict(zip(batch, values, strict=True)), template) for values in zip(*batch.values(), strict=True)]
     out = (_tokenize_seq2seq if seq2seq else _tokenize_causal)(rendered, tokenizer, fr, max_length)
     if "id" in batch:
         out["id"] = list(batch["id"])
@@ -232,8 +188,8 @@ def _report(ds: datasets.Dataset, report: TokenizeReport) -> datasets.Dataset:
     cols = ds.select_columns(list(HELPER_COLUMNS)).to_dict()  # small columns: the token lists stay in Arrow
     keep = cols["_keep"]
     report.records, report.truncated, report.dropped = len(keep), sum(cols["_truncated"]), keep.count(False)
-    report.tokens = sum(n for n, k in zip(cols["_tokens"], keep) if k)
-    report.trainable_tokens = sum(n for n, k in zip(cols["_trainable"], keep) if k)
+    report.tokens = sum(n for n, k in zip(cols["_tokens"], keep, strict=True) if k)
+    report.trainable_tokens = sum(n for n, k in zip(cols["_trainable"], keep, strict=True) if k)
     if report.dropped:
         ds = ds.select([i for i, k in enumerate(keep) if k])
     return ds.remove_columns(list(HELPER_COLUMNS))

@@ -8,8 +8,10 @@ import sys
 import pytest
 from conftest import ROOT
 
-from llm4academic import bench
-from llm4academic.config import KitError
+from benchmarks import harness as bench
+from benchmarks.common import Goal
+from llm4academic import cli
+from llm4academic.base import KitError
 
 CASE_KEYS = {"id", "name", "title", "status", "reason", "goal", "goals", "ratio", "value", "metrics", "checks",
              "passed", "repeats", "raw", "seconds"}
@@ -22,11 +24,12 @@ def _run(*args, timeout=600):
 
 @pytest.fixture(scope="module")
 def quick():
-    proc = _run("-m", "llm4academic.bench", "--quick", "--json")
+    proc = _run("-m", "llm4academic", "bench", "--quick", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)  # stdout holds the JSON object only; progress goes to stderr
 
 
+@pytest.mark.slow
 def test_quick_json_schema(quick):
     assert quick["schema"] == bench.SCHEMA and quick["quick"] is True
     assert {"sha", "dirty"} <= set(quick["git"])
@@ -53,6 +56,7 @@ def test_quick_json_schema(quick):
     assert sorted(s["met"] + s["missed"] + s["not_judged"]) == sorted(quick["cases"]) and s["errors"] == []
 
 
+@pytest.mark.slow
 def test_quick_run_checks_correctness_alongside_speed(quick):
     c = quick["cases"]
     assert c["P1"]["checks"]["labels_identical"] is True
@@ -69,6 +73,7 @@ def test_quick_run_checks_correctness_alongside_speed(quick):
         assert c["P6"]["raw"]["source"] == "manifest" and c["P6"]["raw"]["timestamp"]
 
 
+@pytest.mark.slow
 def test_table_has_a_row_per_case(quick):
     table = bench.format_table(quick)
     assert "quick run" in table
@@ -76,6 +81,7 @@ def test_table_has_a_row_per_case(quick):
         assert f"| {cid} |" in table
 
 
+@pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     proc = _run("benchmarks/gpu.py", "--dry-run", "--steps", "2", "--warmup", "1", "--seq-len", "128",
@@ -98,8 +104,17 @@ def test_unknown_case_is_a_clear_error():
         bench.parse_cases("P1,P9")
     assert bench.parse_cases("p3, P1") == ["P1", "P3"]
     assert bench.parse_cases(None) == list(bench.CASES)
-    proc = _run("-m", "llm4academic.bench", "--case", "nope", timeout=120)
+    proc = _run("-m", "benchmarks", "--case", "nope", timeout=120)
     assert proc.returncode == 2 and "unknown bench case 'NOPE'" in proc.stderr and not proc.stdout
+
+
+def test_goal_target_is_written_once():
+    """The JSON's goal text and the table's goal cell both come from the Goal's target."""
+    assert Goal("x", ">=", 6.0, "×", "of it").text == "≥ 6× of it" and Goal("x", ">=", 0.7, "%").short == "≥ 70%"
+    assert Goal("x", "<=", 300.0, "s").text == "≤ 5 minutes" and Goal("x", "<=", 300.0, "s").short == "≤ 300 s"
+    assert bench.CASES["P1"].goal_cell == "≥ 6× · ≥ 70%"
+    assert [g.text for g in bench.CASES["P1"].goals] == ["≥ 6× stanford's per-example preprocess",
+                                                         "≥ 70% of a bare batched tokenizer call"]
 
 
 def test_cli_bench_command():
@@ -107,3 +122,9 @@ def test_cli_bench_command():
     assert proc.returncode == 2 and "unknown bench case 'P9'" in proc.stderr and "Traceback" not in proc.stderr
     proc = _run("-m", "llm4academic", "bench", "--help", timeout=120)
     assert proc.returncode == 0 and "--quick" in proc.stdout and "--json" in proc.stdout
+
+
+def test_an_installed_wheel_says_the_benchmarks_need_the_checkout(monkeypatch):
+    monkeypatch.setattr(cli, "project_root", lambda: None)
+    with pytest.raises(KitError, match="the benchmarks ship with the checkout"):
+        cli.bench_harness()

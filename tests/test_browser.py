@@ -1,4 +1,4 @@
-"""The browser check (llm4academic.browser) on small synthetic pages, in headless Chromium, offline.
+"""The browser check (tests/browser.py) on small synthetic pages, in headless Chromium, offline.
 
 These tests fail, not skip, when Chromium is missing: `make test` installs it (scripts/install-system-deps).
 """
@@ -7,12 +7,14 @@ import base64
 import struct
 import zlib
 
+import browser as browser_mod
 import pytest
-
+from browser import Browser, check_page, chromium_available
 from conftest import write
-from llm4academic import browser as browser_mod
-from llm4academic.browser import Browser, check_page, chromium_available
+
 from llm4academic.config import KitError
+
+pytestmark = pytest.mark.browser
 
 SELECTORS = {"leaderboard": "table#leaderboard", "figures": "img"}
 

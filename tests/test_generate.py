@@ -1,5 +1,6 @@
 """Batched generation and its cache, on tiny models: batched == one by one, resume, cache keys, sampling seeds."""
 
+import importlib.util
 import json
 import os
 
@@ -8,8 +9,9 @@ import pytest
 import torch
 import transformers
 
+from llm4academic import answer_cache
 from llm4academic import generate as G
-from llm4academic.config import KitError, ModelParams
+from llm4academic.config import BACKENDS, ConfigError, KitError, ModelParams, load_params
 from llm4academic.generate import GenParams, generate_answers, model_identity
 from llm4academic.models import EOS, build_tiny, load_model, load_tokenizer
 from llm4academic.zbench import load_zbench
@@ -143,7 +145,7 @@ def test_identity_hashes_each_file_once(tmp_path, monkeypatch):
     assert first.startswith(f"{model.resolve()}@sha256:") and any(c.endswith(".safetensors") for c in calls)
     calls.clear()
     assert model_identity(str(model)) == first and calls == []
-    G._MEMO.clear()  # a new process: the memo file still knows the hashes
+    answer_cache._MEMO.clear()  # a new process: the memo file still knows the hashes
     assert model_identity(str(model)) == first and calls == []
     weights = model / "model.safetensors"
     st = weights.stat()
@@ -209,3 +211,23 @@ def test_bad_requests_are_kit_errors(tiny_models, items, tmp_path):
     except ImportError:
         with pytest.raises(KitError, match="vllm package"):
             run(mp, items, tmp_path, backend="vllm")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_vllm_backend_without_vllm_says_what_to_do_and_writes_nothing(items, tmp_path):
+    out = tmp_path / "generations"
+    with pytest.raises(KitError, match=r"evaluate\.backend.*vllm package.*install vllm on a GPU machine.*"
+                                       r"set evaluate\.backend: transformers"):
+        run(params("tiny:llama"), items, out, backend="vllm")
+    assert not out.exists()
+
+
+def test_evaluate_backend_is_checked_by_the_params(tmp_path):
+    body = ("name: t\ndata:\n  sources:\n    - name: a\n      path: pkg:instruct/alpaca/alpaca_data.first1825.json\n"
+            "models:\n  - name: m\n    path: tiny:llama\nevaluate:\n  backend: {}\n")
+    path = tmp_path / "study.yaml"
+    path.write_text(body.format("nonsense"), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"study\.yaml:10: evaluate\.backend: .*'transformers' or 'vllm'"):
+        load_params(path)
+    path.write_text(body.format("vllm"), encoding="utf-8")
+    assert load_params(path).evaluate.backend == "vllm" and BACKENDS == ("transformers", "vllm")

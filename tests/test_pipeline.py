@@ -20,6 +20,7 @@ def smoke_run(tmp_path_factory):
     return manifest, reports / "smoke"
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_the_report(smoke_run):
     manifest, run_dir = smoke_run
     assert manifest["status"] == "ok"
@@ -29,6 +30,7 @@ def test_smoke_study_writes_the_report(smoke_run):
     assert not list(run_dir.rglob("*.partial*"))  # everything renamed into place
 
 
+@pytest.mark.slow
 def test_manifest_has_provenance(smoke_run):
     _, run_dir = smoke_run
     m = json.loads((run_dir / "manifest.json").read_text())
@@ -46,6 +48,7 @@ def test_manifest_has_provenance(smoke_run):
     assert all(nb["duration_s"] > 0 for nb in m["notebooks"])
 
 
+@pytest.mark.slow
 def test_html_and_index_say_what_they_should(smoke_run):
     _, run_dir = smoke_run
     page = (run_dir / "01_explore_data.html").read_text()
@@ -82,6 +85,7 @@ def test_html_and_index_say_what_they_should(smoke_run):
     assert outputs and not [o for o in outputs if o.output_type == "error"]
 
 
+@pytest.mark.slow
 def test_comparison_notebook_and_headline(smoke_run):
     _, run_dir = smoke_run
     page = (run_dir / "04_compare_models.html").read_text()
@@ -104,10 +108,12 @@ def test_comparison_notebook_and_headline(smoke_run):
         assert "cdnjs.cloudflare.com" not in html and "application/vnd.jupyter.widget" not in html, nb
 
 
+@pytest.mark.slow
+@pytest.mark.browser
 def test_report_in_headless_chromium(smoke_run, tmp_path):
     """The index page and the comparison notebook in a real browser, offline: the leaderboard table and the
     figures have a size, nothing went to the console."""
-    from llm4academic.browser import Browser, chromium_available
+    from browser import Browser, chromium_available
 
     assert chromium_available() is None, chromium_available()
     _, run_dir = smoke_run
@@ -140,6 +146,7 @@ def _failing_notebooks(tmp_path: Path, body: str) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_failing_notebook(tmp_path):
     nbs = _failing_notebooks(tmp_path, "ratio = 1 / 0")
     with pytest.raises(StudyFailed) as e:
@@ -161,6 +168,7 @@ def test_failing_notebook(tmp_path):
     assert "<script>alert(1)</script>" not in index and "&lt;script&gt;alert(1)&lt;/script&gt;" in index
 
 
+@pytest.mark.slow
 def test_notebook_timeout(tmp_path):
     nbs = _failing_notebooks(tmp_path, "import time\ntime.sleep(600)")
     with pytest.raises(StudyFailed) as e:
@@ -185,6 +193,7 @@ def test_cli_run_rejects_unknown_key_and_step(tmp_path):
     assert r.returncode == 2 and "unknown step(s) trian" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_run_failure_exit_code(tmp_path):
     # The real Alpaca sample holds records with an empty output: with on_invalid: error the study stops there.
     r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--set", "data.on_invalid=error",

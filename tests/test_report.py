@@ -12,6 +12,8 @@ from conftest import ROOT, SMOKE
 
 from llm4academic.pipeline import render_index, run_study
 
+pytestmark = pytest.mark.slow
+
 ITEMS = "[basic-000, basic-001, advanced-000, advanced-193, domain-000]"
 REDUCED = ["steps=[evaluate, compare]", "evaluate.limit=null", f"evaluate.items={ITEMS}", "evaluate.max_new_tokens=8",
            "evaluate.judge={model: tiny-llama, baseline: GPT3.5}", "compare.examples=[advanced-193]",
@@ -57,10 +59,11 @@ def test_report_states_the_seed_and_flags_a_dirty_tree(twice):
     assert "bootstrap seed <strong>42</strong>" in page
 
 
+@pytest.mark.browser
 def test_script_in_zbench_answers_renders_as_text(twice, tmp_path):
     """advanced-193 asks for a Flappy Bird page: GPT-3.5's answer is HTML with a <script> that declares globals
     (`var bird`, `var gravity`). The comparison page shows it as text; a browser does not run it."""
-    from llm4academic.browser import Browser
+    from browser import Browser
 
     reports, _, _ = twice
     page_path = reports / "repro-a" / "04_compare_models.html"

@@ -3,12 +3,12 @@ import collections
 import datasets
 import pytest
 import torch
+from conftest import SAMPLES
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+from benchmarks import stanford
 from llm4academic import sft
 from llm4academic.data.formats import RECORD_FEATURES, load_file
-
-from conftest import SAMPLES
 
 ALPACA = SAMPLES / "alpaca" / "alpaca_data.first1825.json"
 SHIPPED = (ALPACA, SAMPLES / "chinese_alpaca" / "alpaca_data-0-3252-zh.first2000.json",
@@ -47,7 +47,7 @@ def mixed(alpaca):
 
 def rows(ds, *cols):
     data = ds.select_columns(list(cols)).to_dict()
-    return [dict(zip(data, values)) for values in zip(*data.values())]
+    return [dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)]
 
 
 # --------------------------------------------------------------------------------------------- tokenisation
@@ -59,7 +59,7 @@ def test_eos_id_labelled_after_every_reply(arch, tok, mixed):
     out, report = sft.tokenize_records(mixed, t, "alpaca", 2048)
     assert report.records == report.kept == len(mixed) and report.truncated == report.dropped == 0
     replies = [len([x for x in c if x["role"] == "assistant"]) or 1 for c in mixed.to_dict()["conversation"]]
-    for r, n in zip(rows(out, "input_ids", "labels"), replies):
+    for r, n in zip(rows(out, "input_ids", "labels"), replies, strict=True):
         assert r["labels"][-1] == r["input_ids"][-1] == t.eos_token_id
         assert r["labels"].count(t.eos_token_id) == n  # one EOS per assistant reply, labelled
         assert len(r["labels"]) == len(r["input_ids"])
@@ -72,8 +72,8 @@ def test_labels_equal_stanford_alpaca_on_the_shipped_alpaca_sample(tok, alpaca):
     t = tok("llama")
     assert t("x</s>")["input_ids"][-1] == t.eos_token_id  # stanford's "</s>" text is the EOS id here
     out, report = sft.tokenize_records(alpaca, t, "alpaca", 512)
-    sources, targets = sft.stanford_sources_targets(alpaca, t)
-    ref = sft.stanford_alpaca_preprocess(sources, targets, t, 512)
+    sources, targets = stanford.stanford_sources_targets(alpaca, t)
+    ref = stanford.stanford_alpaca_preprocess(sources, targets, t, 512)
     kit = out.select_columns(["input_ids", "labels"]).to_dict()
     assert len(alpaca) == 1821 and report.truncated > 0  # truncated records are compared too
     assert kit["input_ids"] == ref["input_ids"]
@@ -82,10 +82,10 @@ def test_labels_equal_stanford_alpaca_on_the_shipped_alpaca_sample(tok, alpaca):
 
 def test_where_stanford_and_segment_tokens_can_differ(tok):
     t = tok("llama")
-    prompt = sft.stanford_sources_targets([rec()], t)[0][0]  # ends in "### Response:"
-    assert not any(sft.stanford_boundary_differs(prompt, o, t) for o in ('"Blue."', "- Blue", "（蓝）", " Blue"))
+    prompt = stanford.stanford_sources_targets([rec()], t)[0][0]  # ends in "### Response:"
+    assert not any(stanford.stanford_boundary_differs(prompt, o, t) for o in ('"Blue."', "- Blue", "（蓝）", " Blue"))
     assert not any(tokn.startswith(":") and len(tokn) > 1 for tokn in t.get_vocab())  # no merge across ':'
-    assert sft.stanford_boundary_differs("x_", "_y", t)  # '__' is a merge: joined text tokenises differently
+    assert stanford.stanford_boundary_differs("x_", "_y", t)  # '__' is a merge: joined text tokenises differently
 
 
 def sentencepiece_like(records):
@@ -110,7 +110,7 @@ def test_sentencepiece_dummy_prefix_is_not_put_before_each_reply(alpaca):
     naive = t(outputs, add_special_tokens=False)["input_ids"]
     assert all(t.convert_ids_to_tokens(ids[0]).startswith("▁") for ids in naive)  # the trap: "▁" before every reply
     out, _ = sft.tokenize_records(records, t, "alpaca", 512)
-    ref = sft.stanford_alpaca_preprocess(*sft.stanford_sources_targets(records, t), t, 512)
+    ref = stanford.stanford_alpaca_preprocess(*stanford.stanford_sources_targets(records, t), t, 512)
     assert out.select_columns(["labels"]).to_dict()["labels"] == ref["labels"]
 
 
@@ -225,7 +225,7 @@ def test_packed_loss_equals_unpacked_mean(arch, attn, tiny_models, tok, mixed):
     for b, f in enumerate(features):
         for start, n in _spans(f["seq_lens"]):
             inside[tuple(f["input_ids"][start:start + n])] = out.logits[b, start:start + n]
-    for e, solo in zip(rows(examples, "input_ids"), solo_logits):  # no attention across examples
+    for e, solo in zip(rows(examples, "input_ids"), solo_logits, strict=True):  # no attention across examples
         torch.testing.assert_close(inside[tuple(e["input_ids"])], solo, atol=1e-4, rtol=1e-4)
 
 

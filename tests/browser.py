@@ -1,4 +1,4 @@
-"""Open a local HTML report in headless Chromium, offline, and say what a reader would see.
+"""Test helper: open a local HTML report in headless Chromium, offline, and say what a reader would see.
 
 ``check_page`` (or ``Browser().check`` to reuse one browser for several pages) loads a ``file://`` page in
 Debian's Chromium through Debian's chromedriver, with the network cut off, takes a full-page PNG screenshot,
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .base import KitError, atomic_write, cache_dir
+from llm4academic.base import KitError, atomic_write, cache_dir
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's `chromium` package
 CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's `chromium-driver` package (same version as chromium)
