@@ -37,9 +37,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 from huggingface_hub import snapshot_download
 from tqdm.auto import tqdm
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from . import sft
 from .answer_cache import Appender, cache_file, cache_key, directory_identity, read_cache, warn_if_damaged
 from .base import KitError
 from .config import BACKENDS, ModelParams
@@ -52,7 +56,6 @@ _SANE_CONTEXT = 1_000_000  # tokenizers without a limit say model_max_length = 1
 @dataclass(frozen=True)
 class GenParams:
     """Decoding settings. ``temperature``, ``top_p`` and ``seed`` matter only with ``do_sample``."""
-
     max_new_tokens: int = 128
     do_sample: bool = False
     temperature: float = 1.0
@@ -81,7 +84,6 @@ class GenParams:
 @dataclass
 class GenerationReport:
     """What ``generate_answers`` did for one model."""
-
     model: str
     identity: str
     cache_file: str
@@ -131,8 +133,6 @@ def zbench_record(prompt: str) -> dict:
 def prompt_ids(record: dict, tokenizer, template: str, seq2seq: bool) -> list[int]:
     """The ids a model is given for ``record``, exactly as in training: ``sft.encode_prompt`` (decoder-only) or the
     encoder ids of sft's seq2seq path (T5: text, then ``</s>``)."""
-    from . import sft  # imports torch
-
     if not seq2seq:
         return sft.encode_prompt(record, tokenizer, template)
     # sft's seq2seq tokenisation itself (private there), so the encoder ids cannot drift from training's
@@ -177,10 +177,6 @@ def _context_limit(model, tokenizer, seq2seq: bool) -> int | None:
 def _seeded_sampler(seeds: list[int], gen: GenParams, device):
     """A logits processor that samples each row with its own generator (temperature, then top-p) and leaves only the
     drawn token: ``generate`` then runs greedy and picks it. Makes a row's sample independent of its batch."""
-    import torch
-    from transformers import LogitsProcessor
-    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
-
     warpers = [TemperatureLogitsWarper(gen.temperature)] + ([TopPLogitsWarper(gen.top_p)] if gen.top_p < 1 else [])
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
 
@@ -198,12 +194,9 @@ def _seeded_sampler(seeds: list[int], gen: GenParams, device):
 
 class TransformersRunner:
     """One loaded model + tokenizer: ``run(list of prompt ids, seeds)`` → ``[(new ids, finish)]`` for one batch."""
-
     backend = "transformers"
 
     def __init__(self, mp: ModelParams, tokenizer, seq2seq: bool, gen: GenParams, device: str | None = None):
-        import torch
-        from transformers import GenerationConfig
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_model(mp).to(self.device).eval()
@@ -224,8 +217,6 @@ class TransformersRunner:
         self.versions = _versions("torch", "transformers")
 
     def run(self, batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
-        import torch
-        from transformers import LogitsProcessorList
 
         width = max(map(len, batch))
         pad = [[self.pad] * (width - len(ids)) for ids in batch]
@@ -258,7 +249,6 @@ def _finish(new: list[int], eos: int) -> tuple[list[int], str]:
 class VllmRunner:
     """The same prompt ids through vLLM (decoder-only; GPU machines). Greedy = temperature 0; sampling seeds each
     request like the transformers backend (its draws differ from transformers', hence ``backend`` in the key)."""
-
     backend = "vllm"
 
     def __init__(self, mp: ModelParams, tokenizer, seq2seq: bool, gen: GenParams, device: str | None = None):
@@ -393,7 +383,6 @@ def _versions(*packages: str) -> dict[str, str]:
 @dataclass
 class _Job:
     """One model's missing prompts: encoded, batched by length, generated, each batch appended to the cache."""
-
     mp: ModelParams
     tokenizer: Any
     template: str
@@ -403,11 +392,10 @@ class _Job:
     runner: Any  # TransformersRunner or VllmRunner
 
     def __post_init__(self) -> None:
-        from .sft import framing  # imports torch
 
         context = self.runner.context  # decoder-only: the answer needs room in the context too
         self.limit = None if context is None else context - (0 if self.seq2seq else self.gen.max_new_tokens)
-        self.head = len(framing(self.tokenizer).prefix)
+        self.head = len(sft.framing(self.tokenizer).prefix)
 
     def encode(self, prompt: str) -> tuple[list[int], bool, int]:
         """Prompt ids cut to fit, whether cut, length before."""
