@@ -7,7 +7,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 import yaml
@@ -24,7 +24,7 @@ app.add_typer(data_app, name="data")
 zbench_app = typer.Typer(no_args_is_help=True, help="Z-Bench: the 14 reference models' leaderboard.")
 app.add_typer(zbench_app, name="zbench")
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a param: KEY=VALUE (YAML value), "
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: KEY=VALUE (YAML value), "
                                                      "e.g. --set data.sources[0].max_records=100")]
 
 
@@ -44,8 +44,8 @@ def user_errors():
 @app.command()
 def run(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
         set_: SetOpt = None,
-        only: Annotated[Optional[str], typer.Option(help="comma-separated steps to run, e.g. explore")] = None,
-        reports_dir: Annotated[Optional[Path], typer.Option(help="default: the checkout's reports/")] = None):
+        only: Annotated[str | None, typer.Option(help="comma-separated steps to run, e.g. explore")] = None,
+        reports_dir: Annotated[Path | None, typer.Option(help="default: the checkout's reports/")] = None):
     """Run the whole study (its notebooks, in order) → reports/<name>/index.html."""
     from .pipeline import run_study
 
@@ -57,14 +57,14 @@ def run(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
 @app.command()
 def train(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
           set_: SetOpt = None,
-          model: Annotated[Optional[str], typer.Option(help="the model to train (one per launch)")] = None,
-          run_dir: Annotated[Optional[Path], typer.Option(help="default: reports/<study name>")] = None):
+          model: Annotated[str | None, typer.Option(help="the model to train (one per launch)")] = None,
+          run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None):
     """One training worker: run it under `accelerate launch` / torchrun (multi-GPU, multi-node).
 
     Example: accelerate launch --config_file params/accelerate/fsdp_1node_4gpu.yaml -m llm4academic train
     params/recipes/llama-7b.yaml
     """
-    from .pipeline import default_reports_dir
+    from .base import default_reports_dir
     from .train import run_distributed
 
     with user_errors():
@@ -75,10 +75,10 @@ def train(params: Annotated[Path, typer.Argument(help="the study's params YAML")
 @app.command()
 def evaluate(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
              set_: SetOpt = None,
-             run_dir: Annotated[Optional[Path], typer.Option(help="default: reports/<study name>")] = None):
+             run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None):
     """Answer and score the study's Z-Bench slice (what 03_evaluate_zbench.ipynb runs), without the notebook."""
     from . import evaluate as ev
-    from .pipeline import default_reports_dir
+    from .base import default_reports_dir
 
     with user_errors():
         study = load_params(params, set_ or [])
@@ -90,7 +90,7 @@ def evaluate(params: Annotated[Path, typer.Argument(help="the study's params YAM
 @app.command()
 def compare(studies: Annotated[list[Path], typer.Argument(help="finished studies' report folders, e.g. "
                                                           "reports/llama-7b reports/bloomz-7b1-mt")],
-            out: Annotated[Optional[Path], typer.Option(help="default: reports/compare-<study>-<study>…")] = None,
+            out: Annotated[Path | None, typer.Option(help="default: reports/compare-<study>-<study>…")] = None,
             timeout_s: Annotated[int, typer.Option(help="stop the notebook after this many seconds")] = 3600):
     """Compare finished studies in one report (04_compare_models over all of them) → <out>/index.html.
 
@@ -135,7 +135,7 @@ def bench_harness():
 
 
 @zbench_app.command("leaderboard")
-def zbench_leaderboard(split: Annotated[Optional[list[str]], typer.Option(help="basic, advanced or domain")] = None,
+def zbench_leaderboard(split: Annotated[list[str] | None, typer.Option(help="basic, advanced or domain")] = None,
                        as_json: JsonOpt = False):
     """Score the 14 reference models' shipped Z-Bench answers with the reference scorers (with CIs, coverage)."""
     from .scoring import leaderboard, leaderboard_json
