@@ -20,7 +20,7 @@ export OMP_NUM_THREADS      ?= 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: study test lab venv sysdeps clean-reports
+.PHONY: study test test-fast lint lab venv sysdeps clean-reports
 
 venv: $(STAMP)
 
@@ -44,9 +44,20 @@ study: $(STAMP)
 	@scripts/install-system-deps || echo "make study: going on without them (figures draw Chinese tags as boxes)"
 	$(PY) -m llm4academic run params/smoke.yaml
 
+# Every test (the end-to-end ones are marked slow). Both tiers print the 15 slowest tests (pyproject's addopts).
 test: $(STAMP) sysdeps
 	@mkdir -p $(TMPDIR)
 	$(PY) -m pytest -q
+
+# The fast tier while developing: everything but the tests marked slow (studies, FSDP launches, notebook runs).
+test-fast: $(STAMP) sysdeps
+	@mkdir -p $(TMPDIR)
+	$(PY) -m pytest -q -m "not slow"
+
+# ruff's lint rules and formatting (pyproject [tool.ruff]); fix with `ruff check --fix .` and `ruff format .`.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 lab: $(STAMP)
 	@mkdir -p $(TMPDIR)

@@ -4,9 +4,8 @@ import re
 import tomllib
 
 import yaml
-from packaging.requirements import Requirement
-
 from conftest import ROOT
+from packaging.requirements import Requirement
 
 
 def pyproject_requirements() -> list[str]:
@@ -27,8 +26,7 @@ def pins() -> dict[str, str]:
 
 def test_design_card_packages_are_declared():
     names = {Requirement(r).name for r in pyproject_requirements()}
-    assert {"jupyterlab", "papermill", "torch", "transformers", "accelerate", "datasets", "pandas",
-            "seaborn"} <= names
+    assert {"jupyterlab", "papermill", "torch", "transformers", "accelerate", "datasets", "pandas", "seaborn"} <= names
 
 
 def test_environment_yml_lists_the_same_requirements():
@@ -54,6 +52,26 @@ def test_ci_and_readme_use_the_two_commands():
     assert "make study" in readme and "make test" in readme and "make lab" in readme
     makefile = (ROOT / "Makefile").read_text()
     assert "--sys-prefix" in makefile and "torch" in makefile
+
+
+def test_test_tiers_and_lint_are_wired():
+    """`make test-fast` skips the tests marked slow; CI lints before it runs every test; ruff has real rules."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in ci and 0 <= ci.index("make lint") < ci.index("make test")
+    makefile = (ROOT / "Makefile").read_text()
+    phony = next(line for line in makefile.splitlines() if line.startswith(".PHONY:")).split()
+    assert {"test", "test-fast", "lint"} <= set(phony)
+    assert '-m pytest -q -m "not slow"' in makefile and "ruff check ." in makefile
+    assert "ruff format --check ." in makefile
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    pytest_ini = pyproject["tool"]["pytest"]["ini_options"]
+    assert "-ra" in pytest_ini["addopts"] and "--durations=15" in pytest_ini["addopts"]
+    assert {m.split(":")[0] for m in pytest_ini["markers"]} >= {"slow", "browser"}
+    ruff = pyproject["tool"]["ruff"]
+    assert (ruff["line-length"], ruff["target-version"]) == (120, "py311")
+    assert set(ruff["lint"]["select"]) >= {"E", "F", "W", "I", "B", "UP"}
+    assert "llm4academic" in ruff["lint"]["isort"]["known-first-party"]
+    assert "ruff" in {Requirement(r).name for r in pyproject["project"]["optional-dependencies"]["dev"]}
 
 
 def test_layout_and_ignored_reports():

@@ -44,6 +44,7 @@ def metrics(run_dir, model):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch,port,version", [("llama", 29611, 2), ("bloom", 29612, 2), ("opt", 29613, 2),
                                                ("t5", 29614, 2), ("llama", 29615, 1)])
 def test_fsdp_on_two_cpu_processes(arch, port, version, tmp_path):
@@ -70,6 +71,7 @@ def test_fsdp_on_two_cpu_processes(arch, port, version, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == fsdp["parameters"]
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     launch(straight, "tiny-llama", study("llama", 29621))
@@ -107,6 +109,7 @@ def test_recipes_carry_the_seeds_hyper_parameters():
                      "flan-t5-xxl": ("google/flan-t5-xxl", "t5"), "glm-4-9b": ("zai-org/glm-4-9b-hf", "glm")}
 
 
+@pytest.mark.slow
 def test_lora_trains_adapters_under_ddp_and_saves_merged(tmp_path):
     result = launch(tmp_path, "tiny-llama", study("llama", 29631, "train.method=lora", "train.fsdp.enabled=false",
                                                   "train.lora.r=4", "train.max_steps=4"))
