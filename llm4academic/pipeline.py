@@ -313,7 +313,7 @@ def render_index(manifest: dict[str, Any], run_dir: str | os.PathLike | RunDir) 
     rd = RunDir(run_dir)
     return _templates().get_template("index.html.j2").render(
         m=manifest, explore=_quiet_read(rd.read_explore_summary), headline=_quiet_read(rd.read_headline),
-        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False))
+        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False), manifest_href=rd.relative(rd.manifest))
 
 
 # --------------------------------------------------------------------------------------------- several studies
@@ -364,7 +364,7 @@ def run_comparison(study_dirs: list[str | os.PathLike], out: str | os.PathLike |
     rd.write_manifest(manifest)
     atomic_write(rd.index, _templates().get_template("compare_index.html.j2").render(
         m=manifest, headline=_quiet_read(rd.read_headline),
-        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False)))
+        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False), manifest_href=rd.relative(rd.manifest)))
     if entry["status"] != "ok":
         err = entry.get("error") or {}
         raise StudyFailed(f"notebook {name} {entry['status']}: {err.get('ename', 'Error')}: {err.get('evalue', '')}"
