@@ -86,11 +86,32 @@ class Sizes:
     p6_run: bool
 
 
-FULL = Sizes(p1_records=20_000, p1_repeats=3, profile=True, p2_seeds=5, p3_repeats=3, p3_steps=10,
-             p3_loss_examples=32, p4_prompts=96, p4_repeats=3, p5_args=(), p6_run=True)
-QUICK = Sizes(p1_records=1_500, p1_repeats=3, profile=False, p2_seeds=3, p3_repeats=3, p3_steps=2,
-              p3_loss_examples=12, p4_prompts=16, p4_repeats=3, p5_args=("--steps", "10", "--warmup", "3"),
-              p6_run=False)
+FULL = Sizes(
+    p1_records=20_000,
+    p1_repeats=3,
+    profile=True,
+    p2_seeds=5,
+    p3_repeats=3,
+    p3_steps=10,
+    p3_loss_examples=32,
+    p4_prompts=96,
+    p4_repeats=3,
+    p5_args=(),
+    p6_run=True,
+)
+QUICK = Sizes(
+    p1_records=1_500,
+    p1_repeats=3,
+    profile=False,
+    p2_seeds=3,
+    p3_repeats=3,
+    p3_steps=2,
+    p3_loss_examples=12,
+    p4_prompts=16,
+    p4_repeats=3,
+    p5_args=("--steps", "10", "--warmup", "3"),
+    p6_run=False,
+)
 
 
 class Skip(Exception):
@@ -146,8 +167,11 @@ class Context:
             t0 = time.perf_counter()
             length_tok = models.load_tokenizer(params.length_tokenizer)
             prepared = data.prepare(params, tokenizer=length_tok)
-            mp = params.model("tiny-llama") if any(m.name == "tiny-llama" for m in params.models) \
+            mp = (
+                params.model("tiny-llama")
+                if any(m.name == "tiny-llama" for m in params.models)
                 else self.model_params()
+            )
             tok = models.load_tokenizer(mp)
             template = mp.template or models.model_card(mp).template
             tp = params.train
@@ -156,12 +180,23 @@ class Context:
             packed, pack_report = sft.pack(tokenized, tp.max_length)
             cols = tokenized.select_columns(["input_ids", "labels"]).to_dict()
             self._mix = {
-                "params_path": str(path), "params": params, "model": mp, "tokenizer": tok, "template": template,
-                "records": len(prepared.mix), "tokenize": report, "untruncated_tokens": untruncated.tokens,
-                "features": [{"input_ids": a, "labels": b}
-                             for a, b in zip(cols["input_ids"], cols["labels"], strict=True)],
-                "packed_rows": packed.to_list(), "pack": pack_report, "max_length": tp.max_length,
-                "batch_size": tp.per_device_batch_size, "seconds": time.perf_counter() - t0}
+                "params_path": str(path),
+                "params": params,
+                "model": mp,
+                "tokenizer": tok,
+                "template": template,
+                "records": len(prepared.mix),
+                "tokenize": report,
+                "untruncated_tokens": untruncated.tokens,
+                "features": [
+                    {"input_ids": a, "labels": b} for a, b in zip(cols["input_ids"], cols["labels"], strict=True)
+                ],
+                "packed_rows": packed.to_list(),
+                "pack": pack_report,
+                "max_length": tp.max_length,
+                "batch_size": tp.per_device_batch_size,
+                "seconds": time.perf_counter() - t0,
+            }
         return self._mix
 
 

@@ -43,14 +43,32 @@ if __package__ in (None, ""):  # run as a script (python benchmarks/gpu.py, torc
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GOAL_MFU = 0.40
-FULL = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 16, "intermediate_size": 5504,
-        "vocab_size": 32000}
+FULL = {
+    "hidden_size": 2048,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 16,
+    "intermediate_size": 5504,
+    "vocab_size": 32000,
+}
 DRY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 172}
 # dense bf16 peak per GPU, most specific name first (H100 PCIe and NVL are slower than SXM)
-PEAK_TFLOPS = (("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("GH200", 989.0), ("H200", 989.0), ("H100", 989.0),
-               ("H800", 989.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("A10", 125.0))
-SAMPLES = ("instruct/alpaca/alpaca_data.first1825.json",
-           "instruct/chinese_alpaca/alpaca_data-0-3252-zh.first2000.json", "instruct/belle/dev1K.json")
+PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),
+    ("H100", 989.0),
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("A10", 125.0),
+)
+SAMPLES = (
+    "instruct/alpaca/alpaca_data.first1825.json",
+    "instruct/chinese_alpaca/alpaca_data-0-3252-zh.first2000.json",
+    "instruct/belle/dev1K.json",
+)
 
 
 def log(msg: str) -> None:
@@ -64,8 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; dry run 1)")
     p.add_argument("--seq-len", type=int, default=None, help="packed row length (default 2048; dry run 256)")
     p.add_argument("--batch-size", type=int, default=None, help="packed rows per GPU per step (default 8; dry 2)")
-    p.add_argument("--attn", default="auto", choices=("auto", "sdpa", "flash_attention_2", "eager"),
-                   help="auto: flash_attention_2 when flash_attn is installed (GPU), else sdpa")
+    p.add_argument(
+        "--attn",
+        default="auto",
+        choices=("auto", "sdpa", "flash_attention_2", "eager"),
+        help="auto: flash_attention_2 when flash_attn is installed (GPU), else sdpa",
+    )
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak per device (default: by name)")
     p.add_argument("--compile", action="store_true", help="torch.compile every decoder layer")
     p.add_argument("--activation-checkpointing", action="store_true", help="recompute each layer in backward")
@@ -106,8 +128,9 @@ def init_distributed(cuda: bool):
     import torch.distributed as dist
 
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+        os.environ.update(
+            RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
+        )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
@@ -147,17 +170,28 @@ def packed_rows(seq_len: int, needed: int, seed: int) -> tuple[list[dict], dict]
     if not rows:
         raise SystemExit("no packed rows: the samples did not tokenise")
     reps = math.ceil(needed / len(rows))
-    return (rows * reps)[:max(needed, len(rows))], {"efficiency": report.efficiency, "rows": report.rows,
-                                                    "examples": report.examples, "tokenizer_vocab": len(tok),
-                                                    "pad_token_id": tok.pad_token_id}
+    return (rows * reps)[: max(needed, len(rows))], {
+        "efficiency": report.efficiency,
+        "rows": report.rows,
+        "examples": report.examples,
+        "tokenizer_vocab": len(tok),
+        "pad_token_id": tok.pad_token_id,
+    }
 
 
 def build_model(shape: dict, seq_len: int, attn: str, seed: int, device):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    cfg = LlamaConfig(num_key_value_heads=shape["num_attention_heads"], max_position_embeddings=max(4096, seq_len),
-                      tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2, **shape)
+    cfg = LlamaConfig(
+        num_key_value_heads=shape["num_attention_heads"],
+        max_position_embeddings=max(4096, seq_len),
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **shape,
+    )
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(cfg, attn_implementation=attn, dtype=torch.float32)
@@ -171,8 +205,9 @@ def shard(model, device_type: str, world: int, bf16: bool, ac: bool, compile_lay
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device_type, (world,))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
-        MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    )
     layers = model.model.layers
     for i, layer in enumerate(layers):
         if ac:
@@ -220,8 +255,10 @@ def main(argv=None) -> dict:
     if args.dry_run:  # the tiny tokenizer's vocabulary: the same data, a smaller output layer
         shape["vocab_size"] = data_info["tokenizer_vocab"]
     if rank == 0:
-        log(f"{len(rows)} packed rows of {args.seq_len} (packing efficiency {data_info['efficiency']:.3f}); "
-            f"model {shape}; {attn}; {'bf16' if bf16 else 'fp32'}; world {world}; device {device_name}")
+        log(
+            f"{len(rows)} packed rows of {args.seq_len} (packing efficiency {data_info['efficiency']:.3f}); "
+            f"model {shape}; {attn}; {'bf16' if bf16 else 'fp32'}; world {world}; device {device_name}"
+        )
 
     model = build_model(shape, args.seq_len, attn, args.seed, device)
     n_params = sum(p.numel() for p in model.parameters())
@@ -230,8 +267,9 @@ def main(argv=None) -> dict:
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
     dtensors = all(hasattr(p, "to_local") for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=cuda)
-    collator = sft.PackedCollator(data_info["pad_token_id"], attn_implementation=attn,
-                                  dtype=torch.bfloat16 if bf16 else torch.float32)
+    collator = sft.PackedCollator(
+        data_info["pad_token_id"], attn_implementation=attn, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
     model.train()
 
     def sync():
@@ -242,7 +280,7 @@ def main(argv=None) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     losses, times, tokens, flops = [], [], [], []
     for step in range(args.warmup + args.steps):
-        feats = mine[step * args.batch_size:(step + 1) * args.batch_size]
+        feats = mine[step * args.batch_size : (step + 1) * args.batch_size]
         batch = collator(feats)
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         seq_lens = [n for f in feats for n in f["seq_lens"]]
@@ -260,11 +298,15 @@ def main(argv=None) -> dict:
         if step >= args.warmup:
             times.append(spent)
             tokens.append(sum(seq_lens))
-            flops.append(sum(seq_lens) * flops_per_token(matmul_params, shape["num_hidden_layers"],
-                                                         shape["hidden_size"], seq_lens))
+            flops.append(
+                sum(seq_lens)
+                * flops_per_token(matmul_params, shape["num_hidden_layers"], shape["hidden_size"], seq_lens)
+            )
         if rank == 0:
-            log(f"step {step + 1}/{args.warmup + args.steps}{' (warm-up)' if step < args.warmup else ''}: "
-                f"loss {value:.4f}, {spent:.3f} s, {sum(seq_lens)} real tokens")
+            log(
+                f"step {step + 1}/{args.warmup + args.steps}{' (warm-up)' if step < args.warmup else ''}: "
+                f"loss {value:.4f}, {spent:.3f} s, {sum(seq_lens)} real tokens"
+            )
 
     total_time = sum(times)
     tps = sum(tokens) / total_time if total_time else None
@@ -281,16 +323,31 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "P5 GPU full fine-tuning throughput",
         "dry_run": bool(args.dry_run),
-        "device": device.type, "device_name": device_name, "world_size": world,
-        "fsdp": {"api": "torch.distributed.fsdp.fully_shard (FSDP2)", "units": shape["num_hidden_layers"] + 1,
-                 "dtensor_parameters": dtensors, "parameters": n_params, "local_parameters_rank0": local,
-                 "reshard_after_forward": True},
+        "device": device.type,
+        "device_name": device_name,
+        "world_size": world,
+        "fsdp": {
+            "api": "torch.distributed.fsdp.fully_shard (FSDP2)",
+            "units": shape["num_hidden_layers"] + 1,
+            "dtensor_parameters": dtensors,
+            "parameters": n_params,
+            "local_parameters_rank0": local,
+            "reshard_after_forward": True,
+        },
         "dtype": "bfloat16 compute, float32 master weights and reduction" if bf16 else "float32",
-        "attn_implementation": attn, "packing": True, "compile": args.compile,
+        "attn_implementation": attn,
+        "packing": True,
+        "compile": args.compile,
         "activation_checkpointing": args.activation_checkpointing,
-        "model": {"architecture": "LlamaForCausalLM (random init from config)", **shape,
-                  "parameters": n_params, "matmul_parameters": matmul_params},
-        "seq_len": args.seq_len, "batch_size_per_gpu": args.batch_size, "warmup_steps": args.warmup,
+        "model": {
+            "architecture": "LlamaForCausalLM (random init from config)",
+            **shape,
+            "parameters": n_params,
+            "matmul_parameters": matmul_params,
+        },
+        "seq_len": args.seq_len,
+        "batch_size_per_gpu": args.batch_size,
+        "warmup_steps": args.warmup,
         "steps": args.steps,
         "packing_efficiency": data_info["efficiency"],
         "real_tokens_per_step_per_gpu": statistics.mean(tokens) if tokens else None,
@@ -299,13 +356,16 @@ def main(argv=None) -> dict:
         "flops_per_token": sum(flops) / sum(tokens) if tokens else None,
         "achieved_tflops_per_gpu": achieved / 1e12 if achieved else None,
         "peak_tflops": peak,
-        "mfu": mfu, "mfu_6n": mfu_6n,
+        "mfu": mfu,
+        "mfu_6n": mfu_6n,
         "goal": {"metric": "mfu", "op": ">=", "target": GOAL_MFU, "text": f"≥ {GOAL_MFU:.0%} MFU on one H100"},
         "passed": (mfu >= GOAL_MFU) if (mfu is not None and not args.dry_run) else None,
-        "peak_memory_bytes": peak_mem, "peak_memory_gib": peak_mem / 2**30 if peak_mem else None,
+        "peak_memory_bytes": peak_mem,
+        "peak_memory_gib": peak_mem / 2**30 if peak_mem else None,
         "peak_memory_reserved_gib": peak_reserved / 2**30 if peak_reserved else None,
         "peak_memory_source": mem_source,
-        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
         "losses_finite": all(math.isfinite(x) for x in losses),
         "versions": {p: _version(p) for p in ("torch", "transformers", "flash_attn")},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -66,11 +66,17 @@ def provenance(quick: bool) -> dict:
         "quick": quick,
         "git": git_info(),
         "versions": versions,
-        "machine": {"platform": platform.platform(), "machine": platform.machine(), "cpu": cpu_model(),
-                    "cpu_count": os.cpu_count(), "cpus_usable": usable_cpus(), "memory_gb": memory_gb(),
-                    "torch_threads": torch.get_num_threads(),
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-                    "load_average_start": load_average()},
+        "machine": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpu": cpu_model(),
+            "cpu_count": os.cpu_count(),
+            "cpus_usable": usable_cpus(),
+            "memory_gb": memory_gb(),
+            "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_average_start": load_average(),
+        },
         "environment": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM")},
     }
 
@@ -81,18 +87,32 @@ def provenance(quick: bool) -> dict:
 def _finish(case: Case, body: dict, status: str, reason: str | None, seconds: float) -> dict:
     metrics = body.get("metrics", {})
     checks = body.get("checks", {})
-    goals = [{**g.to_dict(), "measured": rnd(metrics.get(g.metric), 4), "met": g.met(metrics.get(g.metric))}
-             for g in case.goals]
+    goals = [
+        {**g.to_dict(), "measured": rnd(metrics.get(g.metric), 4), "met": g.met(metrics.get(g.metric))}
+        for g in case.goals
+    ]
     if status != "ok":
         passed = False if status == "error" else None
     else:
         verdicts = [g["met"] for g in goals]
         passed = None if None in verdicts else all(verdicts) and all(v is True for v in checks.values())
-    return {"id": case.id, "name": case.name, "title": case.title, "status": status, "reason": reason,
-            "goal": " and ".join(g.text for g in case.goals), "goals": goals,
-            "ratio": rnd(body.get("ratio")), "value": rnd(body.get("value")),
-            "metrics": {k: rnd(v) for k, v in metrics.items()}, "checks": checks, "passed": passed,
-            "repeats": body.get("repeats", 0), "raw": body.get("raw", {}), "seconds": round(seconds, 2)}
+    return {
+        "id": case.id,
+        "name": case.name,
+        "title": case.title,
+        "status": status,
+        "reason": reason,
+        "goal": " and ".join(g.text for g in case.goals),
+        "goals": goals,
+        "ratio": rnd(body.get("ratio")),
+        "value": rnd(body.get("value")),
+        "metrics": {k: rnd(v) for k, v in metrics.items()},
+        "checks": checks,
+        "passed": passed,
+        "repeats": body.get("repeats", 0),
+        "raw": body.get("raw", {}),
+        "seconds": round(seconds, 2),
+    }
 
 
 def _run_case(cid: str, ctx: Context, quick: bool) -> dict:
@@ -132,10 +152,12 @@ def run(quick: bool = False, cases: list[str] | str | None = None, progress: Cal
         if hf_bars:
             hf_logging.enable_progress_bar()
     entries = result["cases"].values()
-    result["summary"] = {"met": [c["id"] for c in entries if c["passed"] is True],
-                         "missed": [c["id"] for c in entries if c["passed"] is False and c["status"] == "ok"],
-                         "not_judged": [c["id"] for c in entries if c["passed"] is None],
-                         "errors": [c["id"] for c in entries if c["status"] == "error"]}
+    result["summary"] = {
+        "met": [c["id"] for c in entries if c["passed"] is True],
+        "missed": [c["id"] for c in entries if c["passed"] is False and c["status"] == "ok"],
+        "not_judged": [c["id"] for c in entries if c["passed"] is None],
+        "errors": [c["id"] for c in entries if c["status"] == "error"],
+    }
     result["machine"]["load_average_end"] = load_average()
     result["seconds"] = round(time.perf_counter() - t_start, 1)
     return result
@@ -157,16 +179,21 @@ def format_table(result: dict) -> str:
     mach, ver, git = result["machine"], result["versions"], result.get("git") or {}
     sha = (git.get("sha") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
     gpu = mach.get("gpu") or "no GPU"
-    head = (f"llm4academic bench ({'quick' if result['quick'] else 'full'} run) · {result['date']} · git {sha} · "
-            f"{mach.get('cpus_usable')} of {mach.get('cpu_count')} CPUs ({mach.get('cpu') or mach.get('machine')}), "
-            f"{gpu}, torch threads {mach.get('torch_threads')} · load average {mach.get('load_average_start')} → "
-            f"{mach.get('load_average_end')} · torch {ver.get('torch')}, transformers {ver.get('transformers')}, "
-            f"tokenizers {ver.get('tokenizers')}, datasets {ver.get('datasets')} · {result.get('seconds')} s")
+    head = (
+        f"llm4academic bench ({'quick' if result['quick'] else 'full'} run) · {result['date']} · git {sha} · "
+        f"{mach.get('cpus_usable')} of {mach.get('cpu_count')} CPUs ({mach.get('cpu') or mach.get('machine')}), "
+        f"{gpu}, torch threads {mach.get('torch_threads')} · load average {mach.get('load_average_start')} → "
+        f"{mach.get('load_average_end')} · torch {ver.get('torch')}, transformers {ver.get('transformers')}, "
+        f"tokenizers {ver.get('tokenizers')}, datasets {ver.get('datasets')} · {result.get('seconds')} s"
+    )
     cols = ["case", "what is measured", "kit", "baseline", "result", "goal", "check", "goal met"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in result["cases"].values():
         lines.append("| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in _row(c)) + " |")
     reps = sorted({c["repeats"] for c in result["cases"].values() if c["repeats"]})
-    lines += ["", f"Ratios are medians of per-repeat ratios (kit and baseline interleaved in one process; repeats: "
-                  f"{', '.join(map(str, reps)) or '–'}); raw numbers in --json."]
+    lines += [
+        "",
+        f"Ratios are medians of per-repeat ratios (kit and baseline interleaved in one process; repeats: "
+        f"{', '.join(map(str, reps)) or '–'}); raw numbers in --json.",
+    ]
     return "\n".join(lines)

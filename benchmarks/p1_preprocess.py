@@ -19,12 +19,20 @@ from llm4academic.data.formats import RECORD_FEATURES, load_file
 from .common import Case, Context, Goal, Sizes, fmt_n, fmt_pct, fmt_x, median, rnd, verdict, yes
 from .stanford import stanford_alpaca_preprocess, stanford_sources_targets
 
-CASE = Case("P1", "preprocessing", "template + tokenise + mask, kit vs stanford's per-example preprocess",
-            (Goal("speedup_vs_baseline", ">=", 6.0, "×", "stanford's per-example preprocess"),
-             Goal("share_of_bare", ">=", 0.70, "%", "of a bare batched tokenizer call")))
-SHIPPED_ALPACA_FORMAT = ("instruct/alpaca/alpaca_data.first1825.json",
-                         "instruct/chinese_alpaca/alpaca_data-0-3252-zh.first2000.json",
-                         "instruct/belle/dev1K.json")
+CASE = Case(
+    "P1",
+    "preprocessing",
+    "template + tokenise + mask, kit vs stanford's per-example preprocess",
+    (
+        Goal("speedup_vs_baseline", ">=", 6.0, "×", "stanford's per-example preprocess"),
+        Goal("share_of_bare", ">=", 0.70, "%", "of a bare batched tokenizer call"),
+    ),
+)
+SHIPPED_ALPACA_FORMAT = (
+    "instruct/alpaca/alpaca_data.first1825.json",
+    "instruct/chinese_alpaca/alpaca_data-0-3252-zh.first2000.json",
+    "instruct/belle/dev1K.json",
+)
 MAX_LENGTH = 512
 
 
@@ -55,11 +63,11 @@ def where_kit_time_goes(fn) -> dict:
 
     parts = {
         "tokenizer encode_batch (Rust)": cum(lambda f, _, n: "encode_batch" in n and "tokenizers" in n),
-        "transformers Encoding → Python lists (_convert_encoding)": cum(
-            lambda f, _, n: n == "_convert_encoding"),
+        "transformers Encoding → Python lists (_convert_encoding)": cum(lambda f, _, n: n == "_convert_encoding"),
         "template rendering (templates.render)": cum(lambda f, _, n: n == "render" and f.endswith("templates.py")),
         "datasets Arrow writing (ArrowWriter.write_batch)": cum(
-            lambda f, _, n: n == "write_batch" and f.endswith("arrow_writer.py")),
+            lambda f, _, n: n == "write_batch" and f.endswith("arrow_writer.py")
+        ),
         "kit token counts after map (sft._report)": cum(lambda f, _, n: n == "_report" and f.endswith("sft.py")),
     }
     shares = {k: round(v / total, 3) for k, v in parts.items()}
@@ -109,8 +117,9 @@ def run(ctx: Context, sz: Sizes) -> dict:
     ref_labels = [x for x, k in zip(ref["labels"], keep, strict=True) if k]
     labels_identical = kit_cols["labels"] == ref_labels
     ids_identical = kit_cols["input_ids"] == ref_ids
-    differing = sum(a != b for a, b in zip(kit_cols["labels"], ref_labels, strict=False)) + abs(len(kit_cols["labels"])
-                                                                                   - len(ref_labels))
+    differing = sum(a != b for a, b in zip(kit_cols["labels"], ref_labels, strict=False)) + abs(
+        len(kit_cols["labels"]) - len(ref_labels)
+    )
     n, tokens = len(records), report.tokens
     speedups = [b / k for b, k in zip(times["baseline"], times["kit"], strict=True)]
     shares = [b / k for b, k in zip(times["bare"], times["kit"], strict=True)]
@@ -122,9 +131,14 @@ def run(ctx: Context, sz: Sizes) -> dict:
         "checks": {"labels_identical": labels_identical, "input_ids_identical": ids_identical},
         "repeats": sz.p1_repeats,
         "raw": {
-            "records": n, "data": origin, "tokenizer": "tiny:llama (byte-level BPE, vocab 1000)",
-            "template": "alpaca", "max_length": MAX_LENGTH, "tokens": tokens,
-            "truncated_records": report.truncated, "dropped_by_kit": report.dropped,
+            "records": n,
+            "data": origin,
+            "tokenizer": "tiny:llama (byte-level BPE, vocab 1000)",
+            "template": "alpaca",
+            "max_length": MAX_LENGTH,
+            "tokens": tokens,
+            "truncated_records": report.truncated,
+            "dropped_by_kit": report.dropped,
             "records_with_differing_labels": differing,
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
             "median_seconds": {k: rnd(v, 3) for k, v in med.items()},
@@ -135,11 +149,13 @@ def run(ctx: Context, sz: Sizes) -> dict:
             # the most any path that tokenises every full text once can gain over the baseline:
             "bare_speedup_vs_baseline": rnd(median(ceilings), 3),
             "kit_profile": profile,
-            "what": {"baseline": "stanford_alpaca preprocess: one tokenizer call per example for source+target, "
-                                 "then one per source, return_tensors='pt', padding='longest'; mask len(source)",
-                     "kit": "sft.tokenize_records: datasets.map, batched; segments tokenised apart in one call per "
-                            "batch; EOS id appended; labels -100 on the prompt",
-                     "bare": "one batched tokenizer call on the rendered full texts (no masks, no labels)"},
+            "what": {
+                "baseline": "stanford_alpaca preprocess: one tokenizer call per example for source+target, "
+                "then one per source, return_tensors='pt', padding='longest'; mask len(source)",
+                "kit": "sft.tokenize_records: datasets.map, batched; segments tokenised apart in one call per "
+                "batch; EOS id appended; labels -100 on the prompt",
+                "bare": "one batched tokenizer call on the rendered full texts (no masks, no labels)",
+            },
         },
     }
 
@@ -150,8 +166,14 @@ def row(c: dict) -> list[str] | None:
         return None
     raw, m = c["raw"], c["metrics"]
     rps = raw["records_per_s"]
-    return [c["id"], f"preprocess {raw['records']:,} alpaca-format records (template + tokenise + mask), records/s",
-            fmt_n(rps["kit"]), f"{fmt_n(rps['baseline'])} stanford · {fmt_n(rps['bare'])} bare call",
-            f"{fmt_x(m['speedup_vs_baseline'])} stanford · {fmt_pct(m['share_of_bare'], 0)} of bare "
-            f"(bare: {fmt_x(raw['bare_speedup_vs_baseline'])} stanford)",
-            CASE.goal_cell, f"labels identical: {yes(c['checks']['labels_identical'])}", verdict(c)]
+    return [
+        c["id"],
+        f"preprocess {raw['records']:,} alpaca-format records (template + tokenise + mask), records/s",
+        fmt_n(rps["kit"]),
+        f"{fmt_n(rps['baseline'])} stanford · {fmt_n(rps['bare'])} bare call",
+        f"{fmt_x(m['speedup_vs_baseline'])} stanford · {fmt_pct(m['share_of_bare'], 0)} of bare "
+        f"(bare: {fmt_x(raw['bare_speedup_vs_baseline'])} stanford)",
+        CASE.goal_cell,
+        f"labels identical: {yes(c['checks']['labels_identical'])}",
+        verdict(c),
+    ]

@@ -17,8 +17,12 @@ from llm4academic.sft import PackedCollator, PaddedCollator, pack, random_batche
 from .common import SEED, Case, Context, Goal, Sizes, fmt_n, fmt_x, matched_batch_size, median, rnd, verdict, yes
 from .machine import peak_rss_mb, reset_peak_rss, rss_mb
 
-CASE = Case("P3", "training_throughput", "real tokens/s of optimizer steps, tiny LLaMA on CPU, packed vs padded",
-            (Goal("speedup_vs_padded", ">=", 1.8, "×", "stanford's padded batches"),))
+CASE = Case(
+    "P3",
+    "training_throughput",
+    "real tokens/s of optimizer steps, tiny LLaMA on CPU, packed vs padded",
+    (Goal("speedup_vs_padded", ">=", 1.8, "×", "stanford's padded batches"),),
+)
 
 
 def summed_loss(model, batch: dict) -> tuple[float, int]:
@@ -27,8 +31,9 @@ def summed_loss(model, batch: dict) -> tuple[float, int]:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs).logits.float()
     target = labels[:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
-                           reduction="sum")
+    loss = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return float(loss), int((target != -100).sum())
 
 
@@ -42,14 +47,22 @@ def loss_agreement(model, m: dict, b: int, n: int) -> dict:
     pc, dc = PackedCollator(m["tokenizer"].pad_token_id, attn_implementation="sdpa"), PaddedCollator(m["tokenizer"])
     model.eval()
     with torch.no_grad():
-        p = [summed_loss(model, pc(rows[i:i + 4])) for i in range(0, len(rows), 4)]
-        d = [summed_loss(model, dc(feats[i:i + b])) for i in range(0, len(feats), b)]
+        p = [summed_loss(model, pc(rows[i : i + 4])) for i in range(0, len(rows), 4)]
+        d = [summed_loss(model, dc(feats[i : i + b])) for i in range(0, len(feats), b)]
     lp, np_ = sum(x for x, _ in p), sum(c for _, c in p)
     ld, nd = sum(x for x, _ in d), sum(c for _, c in d)
     rel = abs(lp - ld) / max(abs(ld), 1e-12)
-    return {"examples": n, "packed_rows": len(rows), "summed_loss_packed": lp, "summed_loss_padded": ld,
-            "target_tokens_packed": np_, "target_tokens_padded": nd, "relative_difference": rel,
-            "tolerance": 1e-4, "agrees": np_ == nd and rel <= 1e-4}
+    return {
+        "examples": n,
+        "packed_rows": len(rows),
+        "summed_loss_packed": lp,
+        "summed_loss_padded": ld,
+        "target_tokens_packed": np_,
+        "target_tokens_padded": nd,
+        "relative_difference": rel,
+        "tolerance": 1e-4,
+        "agrees": np_ == nd and rel <= 1e-4,
+    }
 
 
 def attention_share(mp, batches, collate, lr) -> dict:
@@ -70,8 +83,13 @@ def attention_share(mp, batches, collate, lr) -> dict:
     total = sum(e.self_cpu_time_total for e in events) or 1
     attn = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key)
     mm = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm"))
-    return {"attention": round(attn / total, 3), "matmul": round(mm / total, 3), "steps": len(shapes),
-            "batch_shapes": shapes, "attention_positions": sum(r * n * n for r, n in shapes)}
+    return {
+        "attention": round(attn / total, 3),
+        "matmul": round(mm / total, 3),
+        "steps": len(shapes),
+        "batch_shapes": shapes,
+        "attention_positions": sum(r * n * n for r, n in shapes),
+    }
 
 
 def _train(mp, batches, collate, lr) -> dict:
@@ -96,22 +114,33 @@ def _train(mp, batches, collate, lr) -> dict:
             spent += dt_
             real += sum(len(f["input_ids"]) for f in feats)
             slots += batch["input_ids"].numel()
-    return {"seconds": spent, "real_tokens": real, "processed_tokens": slots, "tokens_per_s": real / spent,
-            "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss_before, "peak_rss_is_per_variant": rss_reset,
-            "losses": [round(x, 4) for x in losses]}
+    return {
+        "seconds": spent,
+        "real_tokens": real,
+        "processed_tokens": slots,
+        "tokens_per_s": real / spent,
+        "peak_rss_mb": peak_rss_mb(),
+        "rss_before_mb": rss_before,
+        "peak_rss_is_per_variant": rss_reset,
+        "losses": [round(x, 4) for x in losses],
+    }
 
 
 def _summary(rs: list[dict]) -> dict:
     real, slots = rs[0]["real_tokens"], rs[0]["processed_tokens"]
-    return {"tokens_per_s": rnd(median(x["tokens_per_s"] for x in rs), 1),
-            "tokens_per_s_per_repeat": [rnd(x["tokens_per_s"], 1) for x in rs],
-            "seconds_per_repeat": [rnd(x["seconds"], 3) for x in rs],
-            "real_tokens_per_repeat": real, "processed_tokens_per_repeat": slots,
-            "real_fraction": rnd(real / slots), "peak_rss_mb": rnd(max(x["peak_rss_mb"] or 0 for x in rs), 1),
-            "peak_rss_growth_mb": rnd(max((x["peak_rss_mb"] or 0) - (x["rss_before_mb"] or 0) for x in rs), 1),
-            "rss_before_mb": rnd(rs[0]["rss_before_mb"], 1),
-            "peak_rss_is_per_variant": rs[0]["peak_rss_is_per_variant"],
-            "losses_first_repeat": rs[0]["losses"]}
+    return {
+        "tokens_per_s": rnd(median(x["tokens_per_s"] for x in rs), 1),
+        "tokens_per_s_per_repeat": [rnd(x["tokens_per_s"], 1) for x in rs],
+        "seconds_per_repeat": [rnd(x["seconds"], 3) for x in rs],
+        "real_tokens_per_repeat": real,
+        "processed_tokens_per_repeat": slots,
+        "real_fraction": rnd(real / slots),
+        "peak_rss_mb": rnd(max(x["peak_rss_mb"] or 0 for x in rs), 1),
+        "peak_rss_growth_mb": rnd(max((x["peak_rss_mb"] or 0) - (x["rss_before_mb"] or 0) for x in rs), 1),
+        "rss_before_mb": rnd(rs[0]["rss_before_mb"], 1),
+        "peak_rss_is_per_variant": rs[0]["peak_rss_is_per_variant"],
+        "losses_first_repeat": rs[0]["losses"],
+    }
 
 
 def run(ctx: Context, sz: Sizes) -> dict:
@@ -121,11 +150,16 @@ def run(ctx: Context, sz: Sizes) -> dict:
     b, _ = matched_batch_size(lengths, m["batch_size"] * m["max_length"], SEED)
     steps = 1 + sz.p3_steps  # one warm-up step, untimed
     plan = {
-        "packed": ([[m["packed_rows"][i] for i in x] for x in random_batches(len(m["packed_rows"]),
-                                                                               m["batch_size"], SEED)][:steps],
-                   PackedCollator(tok.pad_token_id, attn_implementation="sdpa")),
-        "padded": ([[m["features"][i] for i in x] for x in random_batches(len(lengths), b, SEED)][:steps],
-                   PaddedCollator(tok)),
+        "packed": (
+            [[m["packed_rows"][i] for i in x] for x in random_batches(len(m["packed_rows"]), m["batch_size"], SEED)][
+                :steps
+            ],
+            PackedCollator(tok.pad_token_id, attn_implementation="sdpa"),
+        ),
+        "padded": (
+            [[m["features"][i] for i in x] for x in random_batches(len(lengths), b, SEED)][:steps],
+            PaddedCollator(tok),
+        ),
     }
     lr = m["params"].train.learning_rate
     runs: dict[str, list[dict]] = {"packed": [], "padded": []}
@@ -136,8 +170,7 @@ def run(ctx: Context, sz: Sizes) -> dict:
     speedups = [p["tokens_per_s"] / d["tokens_per_s"] for p, d in zip(runs["packed"], runs["padded"], strict=True)]
     attention = {kind: attention_share(mp, *plan[kind], lr) for kind in plan} if sz.profile else None
     torch.manual_seed(SEED)
-    agreement = loss_agreement(load_model(mp, dtype="float32", attn_implementation="sdpa"), m, b,
-                               sz.p3_loss_examples)
+    agreement = loss_agreement(load_model(mp, dtype="float32", attn_implementation="sdpa"), m, b, sz.p3_loss_examples)
     packed, padded = _summary(runs["packed"]), _summary(runs["padded"])
     return {
         "ratio": median(speedups),
@@ -145,12 +178,19 @@ def run(ctx: Context, sz: Sizes) -> dict:
         "checks": {"loss_agrees": agreement["agrees"]},
         "repeats": sz.p3_repeats,
         "raw": {
-            "model": "tiny:llama (hidden 64, 2 layers, 4 heads; float32, sdpa)", "device": "cpu",
-            "torch_threads": torch.get_num_threads(), "optimizer": f"AdamW lr {lr}",
-            "timed_steps": sz.p3_steps, "warmup_steps": 1,
+            "model": "tiny:llama (hidden 64, 2 layers, 4 heads; float32, sdpa)",
+            "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
+            "optimizer": f"AdamW lr {lr}",
+            "timed_steps": sz.p3_steps,
+            "warmup_steps": 1,
             "packed": {"rows_per_step": m["batch_size"], "row_length": m["max_length"], **packed},
-            "padded": {"examples_per_step": b, "batch_size_rule": "mean processed tokens per step closest to "
-                       f"the packed step's {m['batch_size']}×{m['max_length']}", **padded},
+            "padded": {
+                "examples_per_step": b,
+                "batch_size_rule": "mean processed tokens per step closest to "
+                f"the packed step's {m['batch_size']}×{m['max_length']}",
+                **padded,
+            },
             "speedup_per_repeat": [rnd(x, 3) for x in speedups],
             # if time were proportional to processed tokens, packing could gain at most this much:
             "processed_token_bound": rnd(packed["real_fraction"] / padded["real_fraction"], 3),
@@ -165,12 +205,16 @@ def row(c: dict) -> list[str] | None:
         return None
     raw = c["raw"]
     pk, pd = raw["packed"], raw["padded"]
-    return [c["id"], f"training, tiny LLaMA on CPU: real tokens/s over {raw['timed_steps']} AdamW steps "
-                     f"(peak RSS, growth during the run)",
-            f"{fmt_n(pk['tokens_per_s'])} packed, {pk['rows_per_step']} rows of {pk['row_length']} "
-            f"({fmt_n(pk['peak_rss_mb'])} MB, +{fmt_n(pk['peak_rss_growth_mb'])})",
-            f"{fmt_n(pd['tokens_per_s'])} padded, batch {pd['examples_per_step']} "
-            f"({fmt_n(pd['peak_rss_mb'])} MB, +{fmt_n(pd['peak_rss_growth_mb'])})",
-            f"{fmt_x(c['ratio'])} (token bound {fmt_x(raw['processed_token_bound'])})", CASE.goal_cell,
-            f"loss agrees: {yes(c['checks']['loss_agrees'])} "
-            f"(rel. diff {raw['loss_check']['relative_difference']:.1e})", verdict(c)]
+    return [
+        c["id"],
+        f"training, tiny LLaMA on CPU: real tokens/s over {raw['timed_steps']} AdamW steps "
+        f"(peak RSS, growth during the run)",
+        f"{fmt_n(pk['tokens_per_s'])} packed, {pk['rows_per_step']} rows of {pk['row_length']} "
+        f"({fmt_n(pk['peak_rss_mb'])} MB, +{fmt_n(pk['peak_rss_growth_mb'])})",
+        f"{fmt_n(pd['tokens_per_s'])} padded, batch {pd['examples_per_step']} "
+        f"({fmt_n(pd['peak_rss_mb'])} MB, +{fmt_n(pd['peak_rss_growth_mb'])})",
+        f"{fmt_x(c['ratio'])} (token bound {fmt_x(raw['processed_token_bound'])})",
+        CASE.goal_cell,
+        f"loss agrees: {yes(c['checks']['loss_agrees'])} (rel. diff {raw['loss_check']['relative_difference']:.1e})",
+        verdict(c),
+    ]

@@ -15,8 +15,12 @@ from llm4academic.zbench import load_zbench
 
 from .common import Case, Context, Goal, Sizes, fmt_n, fmt_x, median, rnd, verdict, yes
 
-CASE = Case("P4", "generation", "Z-Bench generation, batched vs one prompt at a time (tiny LLaMA, greedy)",
-            (Goal("speedup_vs_one_at_a_time", ">=", 8.0, "×", "one prompt at a time"),))
+CASE = Case(
+    "P4",
+    "generation",
+    "Z-Bench generation, batched vs one prompt at a time (tiny LLaMA, greedy)",
+    (Goal("speedup_vs_one_at_a_time", ">=", 8.0, "×", "one prompt at a time"),),
+)
 
 
 def generation_profile(runner, batch: list[list[int]]) -> dict:
@@ -33,12 +37,19 @@ def generation_profile(runner, batch: list[list[int]]) -> dict:
         def share(*keys, events=events, total=total):
             return round(sum(e.self_cpu_time_total for e in events if e.key in keys) / total, 3)
 
-        out[name] = {"prompts": len(batch), "cpu_ms": round(total / 1000, 1),
-                     "op_calls": sum(e.count for e in events),
-                     "share": {"kv_cache_cat": share("aten::cat"), "mask_where": share("aten::where"),
-                               "attention": round(sum(e.self_cpu_time_total for e in events
-                                                      if "scaled_dot_product" in e.key) / total, 3),
-                               "matmul": share("aten::mm", "aten::addmm", "aten::bmm")}}
+        out[name] = {
+            "prompts": len(batch),
+            "cpu_ms": round(total / 1000, 1),
+            "op_calls": sum(e.count for e in events),
+            "share": {
+                "kv_cache_cat": share("aten::cat"),
+                "mask_where": share("aten::where"),
+                "attention": round(
+                    sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key) / total, 3
+                ),
+                "matmul": share("aten::mm", "aten::addmm", "aten::bmm"),
+            },
+        }
     return out
 
 
@@ -52,8 +63,9 @@ def run(ctx: Context, sz: Sizes) -> dict:
     picks = sorted({round(i * (len(zb) - 1) / max(n - 1, 1)) for i in range(n)})  # spread over all three splits
     limit = runner.context - gen.max_new_tokens if runner.context else None
     head = len(framing(tok).prefix)
-    encoded = [fit_prompt(prompt_ids(zbench_record(zb["prompt"].iloc[i]), tok, template, False), limit, head)
-               for i in picks]
+    encoded = [
+        fit_prompt(prompt_ids(zbench_record(zb["prompt"].iloc[i]), tok, template, False), limit, head) for i in picks
+    ]
     ids = [e for e, _ in encoded]
     batches = length_batches([len(x) for x in ids], gen.batch_size)
     runner.run([ids[0]], [0])  # warm-up
@@ -102,20 +114,34 @@ def run(ctx: Context, sz: Sizes) -> dict:
         "checks": {"outputs_identical": identical},
         "repeats": sz.p4_repeats,
         "raw": {
-            "model": "tiny:llama", "device": "cpu", "decoding": "greedy", "max_new_tokens": gen.max_new_tokens,
-            "batch_size": gen.batch_size, "batches": len(batches), "prompts": len(ids),
-            "prompt_rows": "evenly spaced over Z-Bench's 311 prompts", "prompt_tokens": sum(map(len, ids)),
-            "prompts_truncated": sum(t for _, t in encoded), "new_tokens": new_tokens,
+            "model": "tiny:llama",
+            "device": "cpu",
+            "decoding": "greedy",
+            "max_new_tokens": gen.max_new_tokens,
+            "batch_size": gen.batch_size,
+            "batches": len(batches),
+            "prompts": len(ids),
+            "prompt_rows": "evenly spaced over Z-Bench's 311 prompts",
+            "prompt_tokens": sum(map(len, ids)),
+            "prompts_truncated": sum(t for _, t in encoded),
+            "new_tokens": new_tokens,
             "finished_at_eos": sum(f == "eos" for _, f in reference),
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
             "prompts_per_s": {k: rnd(len(ids) / v, 2) for k, v in med.items()},
             "new_tokens_per_s": {k: rnd(new_tokens / v, 1) for k, v in med.items()},
             "speedup_per_repeat": [rnd(x, 3) for x in speedups],
             # last repeat, batch by batch (longest prompts first): where batching gains less
-            "per_batch": [{"prompt_tokens_max": max(len(ids[j]) for j in bt),
-                           "prompt_tokens_min": min(len(ids[j]) for j in bt), "prompts": len(bt),
-                           "batched_s": rnd(b, 3), "one_at_a_time_s": rnd(s, 3), "speedup": rnd(s / b, 2)}
-                          for bt, b, s in zip(batches, per_batch["batched"], per_batch["one_at_a_time"], strict=True)],
+            "per_batch": [
+                {
+                    "prompt_tokens_max": max(len(ids[j]) for j in bt),
+                    "prompt_tokens_min": min(len(ids[j]) for j in bt),
+                    "prompts": len(bt),
+                    "batched_s": rnd(b, 3),
+                    "one_at_a_time_s": rnd(s, 3),
+                    "speedup": rnd(s / b, 2),
+                }
+                for bt, b, s in zip(batches, per_batch["batched"], per_batch["one_at_a_time"], strict=True)
+            ],
             "profile_first_batch": profiled,
         },
     }
@@ -126,11 +152,20 @@ def row(c: dict) -> list[str] | None:
         return None
     raw = c["raw"]
     pps, pb = raw["prompts_per_s"], raw["per_batch"]
-    by_batch = (f" (by batch: {fmt_x(pb[0]['speedup'], 1)} for the longest prompts, "
-                f"{fmt_x(pb[-1]['speedup'], 1)} for the shortest)" if len(pb) > 1 else "")
-    return [c["id"], f"generation, {raw['prompts']} Z-Bench prompts, tiny LLaMA, greedy, "
-                     f"{raw['max_new_tokens']} new tokens: prompts/s",
-            f"{fmt_n(pps['batched'], 1)} batched ({raw['batch_size']})",
-            f"{fmt_n(pps['one_at_a_time'], 1)} one at a time",
-            fmt_x(c["ratio"]) + by_batch, CASE.goal_cell,
-            f"outputs identical: {yes(c['checks']['outputs_identical'])}", verdict(c)]
+    by_batch = (
+        f" (by batch: {fmt_x(pb[0]['speedup'], 1)} for the longest prompts, "
+        f"{fmt_x(pb[-1]['speedup'], 1)} for the shortest)"
+        if len(pb) > 1
+        else ""
+    )
+    return [
+        c["id"],
+        f"generation, {raw['prompts']} Z-Bench prompts, tiny LLaMA, greedy, "
+        f"{raw['max_new_tokens']} new tokens: prompts/s",
+        f"{fmt_n(pps['batched'], 1)} batched ({raw['batch_size']})",
+        f"{fmt_n(pps['one_at_a_time'], 1)} one at a time",
+        fmt_x(c["ratio"]) + by_batch,
+        CASE.goal_cell,
+        f"outputs identical: {yes(c['checks']['outputs_identical'])}",
+        verdict(c),
+    ]

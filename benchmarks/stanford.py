@@ -29,8 +29,10 @@ def stanford_sources_targets(records: Iterable[dict], tokenizer) -> tuple[list[s
 
 
 def _stanford_tokenize(strings: Sequence[str], tokenizer, max_length: int) -> tuple[list[list[int]], list[int]]:
-    tokenized = [tokenizer(text, return_tensors="pt", padding="longest", max_length=max_length, truncation=True)
-                 for text in strings]
+    tokenized = [
+        tokenizer(text, return_tensors="pt", padding="longest", max_length=max_length, truncation=True)
+        for text in strings
+    ]
     ids = [t.input_ids[0] for t in tokenized]
     lens = [int(t.input_ids.ne(tokenizer.pad_token_id).sum()) for t in tokenized]
     return [i.tolist() for i in ids], lens

@@ -27,8 +27,17 @@ except ImportError:  # not POSIX: appends are not locked
     fcntl = None
 
 CACHE_VERSION = 1  # bump when what a key stands for changes (prompt encoding, decoding)
-IDENTITY_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                  "added_tokens.json", "tokenizer.model", "spiece.model", "vocab.json", "merges.txt")
+IDENTITY_FILES = (
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 
 # --------------------------------------------------------------------------------------------- model identity
@@ -89,12 +98,20 @@ def cache_file(out_dir: str | Path, identity: str) -> Path:
     return Path(out_dir) / f"{stem}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.jsonl"
 
 
-def cache_key(identity: str, text: str, template: str, decoding: dict, *, dtype: str = "auto",
-              backend: str = "transformers") -> str:
+def cache_key(
+    identity: str, text: str, template: str, decoding: dict, *, dtype: str = "auto", backend: str = "transformers"
+) -> str:
     """A row's key: model identity, rendered prompt text, template, dtype asked for, backend, decoding settings
     (``GenParams.decoding()``)."""
-    body = {"v": CACHE_VERSION, "model": identity, "prompt_text": text, "template": template,
-            "generation": decoding, "dtype": dtype, "backend": backend}
+    body = {
+        "v": CACHE_VERSION,
+        "model": identity,
+        "prompt_text": text,
+        "template": template,
+        "generation": decoding,
+        "dtype": dtype,
+        "backend": backend,
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -131,8 +148,9 @@ def read_cache(path: str | Path) -> CacheContents:
             if last:  # no newline after it: the write was interrupted
                 out.partial = True
                 break
-            raise KitError(f"{path}:{n}: not a generation row; delete that line (or the file) to regenerate it"
-                           ) from None
+            raise KitError(
+                f"{path}:{n}: not a generation row; delete that line (or the file) to regenerate it"
+            ) from None
         if last:  # complete JSON but the newline never made it: keep nothing half-written
             out.partial = True
             break
@@ -146,8 +164,9 @@ def read_cache(path: str | Path) -> CacheContents:
 
 def warn_if_damaged(cached: CacheContents, path: str | Path) -> None:
     if cached.partial:
-        warnings.warn(f"{path}: the last line was half-written (an interrupted run); dropped, it is generated again",
-                      stacklevel=3)
+        warnings.warn(
+            f"{path}: the last line was half-written (an interrupted run); dropped, it is generated again", stacklevel=3
+        )
 
 
 class Appender:
@@ -162,8 +181,9 @@ class Appender:
                 fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.fh.close()
-            raise KitError(f"{path}: another run is writing this model's answers; wait for it or use another "
-                           f"cache folder") from None
+            raise KitError(
+                f"{path}: another run is writing this model's answers; wait for it or use another cache folder"
+            ) from None
 
     def reread(self) -> CacheContents:
         """The file's rows as read under the lock, a half-written last line cut off (still reported)."""

@@ -49,7 +49,7 @@ def default_reports_dir() -> Path:
 def resolve_data_path(value: str, base_dir: Path) -> Path:
     """``pkg:…`` → inside the package's resources; relative → against the params file's folder."""
     if value.startswith(PKG_PREFIX):
-        return (RESOURCES_DIR / value[len(PKG_PREFIX):]).resolve()
+        return (RESOURCES_DIR / value[len(PKG_PREFIX) :]).resolve()
     p = Path(value).expanduser()
     return (p if p.is_absolute() else base_dir / p).resolve()
 

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import yaml
 
 from .base import PKG_PREFIX, RESOURCES_DIR, KitError
-
 from .config import FORMAT_NAMES, MODEL_CARDS, TEMPLATES
 
 if TYPE_CHECKING:
@@ -92,8 +91,22 @@ class ModelCard:
     aliases: tuple[str, ...] = ()  # other names `get_model_card` accepts (the model and hub id always are)
 
     def __post_init__(self) -> None:
-        _check_text(self, "model", ("name", "model", "hub_id", "architecture", "wrap_class", "pad_token",
-                                    "parameters", "licence", "link", "description"))
+        _check_text(
+            self,
+            "model",
+            (
+                "name",
+                "model",
+                "hub_id",
+                "architecture",
+                "wrap_class",
+                "pad_token",
+                "parameters",
+                "licence",
+                "link",
+                "description",
+            ),
+        )
         _check_choice(self, "model", "name", MODEL_CARDS)
         _check_choice(self, "model", "template", TEMPLATES)
         _check_choice(self, "model", "kind", MODEL_KINDS)
@@ -118,8 +131,9 @@ def _check_text(card: Any, what: str, names: Sequence[str]) -> None:
 
 def _check_choice(card: Any, what: str, field: str, allowed: Sequence[str]) -> None:
     if getattr(card, field) not in allowed:
-        raise ValueError(f"{what} card {card.name!r}: {field} {getattr(card, field)!r} is not one of "
-                         f"{', '.join(allowed)}")
+        raise ValueError(
+            f"{what} card {card.name!r}: {field} {getattr(card, field)!r} is not one of {', '.join(allowed)}"
+        )
 
 
 CATALOG_DIR = RESOURCES_DIR / "catalog"
@@ -183,8 +197,9 @@ def get_model_card(name: str) -> ModelCard:
     """The card for a family name, the seed model's name, its hub id or an alias (case-insensitive)."""
     card = _MODEL_BY_KEY.get(_key(name))
     if card is None:
-        raise KitError(f"unknown model card {name!r}; known cards: "
-                       + ", ".join(f"{c.name} ({c.model})" for c in _MODEL_CARDS))
+        raise KitError(
+            f"unknown model card {name!r}; known cards: " + ", ".join(f"{c.name} ({c.model})" for c in _MODEL_CARDS)
+        )
     return card
 
 
@@ -204,8 +219,10 @@ def card_for_config(config: Any) -> ModelCard:
     card = find_card_for_config(config)
     if card is None:
         model_type = model_type_of(config)
-        raise KitError(f"no model card covers model_type {model_type!r}; the cards cover "
-                       + ", ".join(f"{'/'.join(c.model_types)} ({c.name}: {c.model})" for c in _MODEL_CARDS))
+        raise KitError(
+            f"no model card covers model_type {model_type!r}; the cards cover "
+            + ", ".join(f"{'/'.join(c.model_types)} ({c.name}: {c.model})" for c in _MODEL_CARDS)
+        )
     return card
 
 
@@ -217,11 +234,39 @@ def _frame(cards: Sequence[DatasetCard | ModelCard], columns: Sequence[str]) -> 
     return pd.DataFrame(rows, columns=list(columns))
 
 
-_FRAME_COLUMNS = ("name", "languages", "size", "records", "produced_by", "format", "licence",
-                  "shipped_sample", "link", "description", "notes", "aliases")
-_MODEL_FRAME_COLUMNS = ("name", "model", "hub_id", "parameters", "kind", "architecture", "wrap_class", "template",
-                        "needs_remote_code", "model_types", "auto_class", "pad_token", "licence", "link",
-                        "description", "notes", "aliases")
+_FRAME_COLUMNS = (
+    "name",
+    "languages",
+    "size",
+    "records",
+    "produced_by",
+    "format",
+    "licence",
+    "shipped_sample",
+    "link",
+    "description",
+    "notes",
+    "aliases",
+)
+_MODEL_FRAME_COLUMNS = (
+    "name",
+    "model",
+    "hub_id",
+    "parameters",
+    "kind",
+    "architecture",
+    "wrap_class",
+    "template",
+    "needs_remote_code",
+    "model_types",
+    "auto_class",
+    "pad_token",
+    "licence",
+    "link",
+    "description",
+    "notes",
+    "aliases",
+)
 
 
 def catalog_frame() -> pandas.DataFrame:
@@ -268,8 +313,12 @@ MODEL_TABLE_WIDTH = _width(_MODEL_TABLE_COLUMNS)  # 120
 
 def _row(cells: list[list[str]], columns: Sequence[Column]) -> list[str]:
     height = max(len(c) for c in cells)
-    return ["  ".join((cell[i] if i < len(cell) else "").ljust(w)
-                      for cell, (_, _, w) in zip(cells, columns)).rstrip() for i in range(height)]
+    return [
+        "  ".join(
+            (cell[i] if i < len(cell) else "").ljust(w) for cell, (_, _, w) in zip(cells, columns, strict=False)
+        ).rstrip()
+        for i in range(height)
+    ]
 
 
 def _table(cards: Sequence[DatasetCard | ModelCard], columns: Sequence[Column], footnote: str) -> str:
@@ -285,11 +334,19 @@ def _table(cards: Sequence[DatasetCard | ModelCard], columns: Sequence[Column], 
 
 def format_table() -> str:
     """A plain-text table of the dataset catalogue for the CLI (``TABLE_WIDTH`` columns), then each link."""
-    return _table(datasets(), _TABLE_COLUMNS, "* a sample ships with the package (pkg:instruct/…). Licences "
-                  "differ; several are non-commercial or research-only.")
+    return _table(
+        datasets(),
+        _TABLE_COLUMNS,
+        "* a sample ships with the package (pkg:instruct/…). Licences "
+        "differ; several are non-commercial or research-only.",
+    )
 
 
 def format_model_table() -> str:
     """A plain-text table of the model cards for the CLI (``MODEL_TABLE_WIDTH`` columns), then each link."""
-    return _table(model_cards(), _MODEL_TABLE_COLUMNS, "* its code ships with the checkpoint: set trust_remote_code: "
-                  "true on the model in the params.\nLicences differ; several are non-commercial or research-only.")
+    return _table(
+        model_cards(),
+        _MODEL_TABLE_COLUMNS,
+        "* its code ships with the checkpoint: set trust_remote_code: "
+        "true on the model in the params.\nLicences differ; several are non-commercial or research-only.",
+    )

@@ -15,8 +15,12 @@ import yaml
 from .base import KitError, atomic_write, project_root, setup_environment
 from .config import TINY_ARCHS, load_params, resolved_dict
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="llm4academic: run instruction-tuning studies from one params file.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="llm4academic: run instruction-tuning studies from one params file.",
+)
 models_app = typer.Typer(no_args_is_help=True, help="Offline models for tests and the default study.")
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(no_args_is_help=True, help="Instruction datasets: catalogue, formats, inspection.")
@@ -24,8 +28,10 @@ app.add_typer(data_app, name="data")
 zbench_app = typer.Typer(no_args_is_help=True, help="Z-Bench: the 14 reference models' leaderboard.")
 app.add_typer(zbench_app, name="zbench")
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a param: KEY=VALUE (YAML value), "
-                                                     "e.g. --set data.sources[0].max_records=100")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a param: KEY=VALUE (YAML value), e.g. --set data.sources[0].max_records=100"),
+]
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON records instead of a table")]
@@ -42,23 +48,31 @@ def user_errors():
 
 
 @app.command()
-def run(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
-        set_: SetOpt = None,
-        only: Annotated[str | None, typer.Option(help="comma-separated steps to run, e.g. explore")] = None,
-        reports_dir: Annotated[Path | None, typer.Option(help="default: the checkout's reports/")] = None):
+def run(
+    params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+    set_: SetOpt = None,
+    only: Annotated[str | None, typer.Option(help="comma-separated steps to run, e.g. explore")] = None,
+    reports_dir: Annotated[Path | None, typer.Option(help="default: the checkout's reports/")] = None,
+):
     """Run the whole study (its notebooks, in order) → reports/<name>/index.html."""
     from .pipeline import run_study
 
     with user_errors():
-        run_study(params, set_ or [], only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
-                  reports_dir=reports_dir)
+        run_study(
+            params,
+            set_ or [],
+            only=[s.strip() for s in only.split(",") if s.strip()] if only else None,
+            reports_dir=reports_dir,
+        )
 
 
 @app.command()
-def train(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
-          set_: SetOpt = None,
-          model: Annotated[str | None, typer.Option(help="the model to train (one per launch)")] = None,
-          run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None):
+def train(
+    params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="the model to train (one per launch)")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None,
+):
     """One training worker: run it under `accelerate launch` / torchrun (multi-GPU, multi-node).
 
     Example: accelerate launch --config_file params/accelerate/fsdp_1node_4gpu.yaml -m llm4academic train
@@ -73,9 +87,11 @@ def train(params: Annotated[Path, typer.Argument(help="the study's params YAML")
 
 
 @app.command()
-def evaluate(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
-             set_: SetOpt = None,
-             run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None):
+def evaluate(
+    params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+    set_: SetOpt = None,
+    run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None,
+):
     """Answer and score the study's Z-Bench slice (what 03_evaluate_zbench.ipynb runs), without the notebook."""
     from . import evaluate as ev
     from .base import default_reports_dir
@@ -88,10 +104,13 @@ def evaluate(params: Annotated[Path, typer.Argument(help="the study's params YAM
 
 
 @app.command()
-def compare(studies: Annotated[list[Path], typer.Argument(help="finished studies' report folders, e.g. "
-                                                          "reports/llama-7b reports/bloomz-7b1-mt")],
-            out: Annotated[Path | None, typer.Option(help="default: reports/compare-<study>-<study>…")] = None,
-            timeout_s: Annotated[int, typer.Option(help="stop the notebook after this many seconds")] = 3600):
+def compare(
+    studies: Annotated[
+        list[Path], typer.Argument(help="finished studies' report folders, e.g. reports/llama-7b reports/bloomz-7b1-mt")
+    ],
+    out: Annotated[Path | None, typer.Option(help="default: reports/compare-<study>-<study>…")] = None,
+    timeout_s: Annotated[int, typer.Option(help="stop the notebook after this many seconds")] = 3600,
+):
     """Compare finished studies in one report (04_compare_models over all of them) → <out>/index.html.
 
     Refuses studies that evaluated different Z-Bench items or used different scorers or judges.
@@ -103,10 +122,12 @@ def compare(studies: Annotated[list[Path], typer.Argument(help="finished studies
 
 
 @app.command()
-def bench(quick: Annotated[bool, typer.Option("--quick", help="smaller sizes: the whole run in ~3 minutes")] = False,
-          as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with every case")] = False,
-          case: Annotated[str | None, typer.Option(help="comma-separated cases, e.g. P1,P3 (default: all)")] = None,
-          out: Annotated[Path | None, typer.Option(help="also write the JSON object to this file")] = None):
+def bench(
+    quick: Annotated[bool, typer.Option("--quick", help="smaller sizes: the whole run in ~3 minutes")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with every case")] = False,
+    case: Annotated[str | None, typer.Option(help="comma-separated cases, e.g. P1,P3 (default: all)")] = None,
+    out: Annotated[Path | None, typer.Option(help="also write the JSON object to this file")] = None,
+):
     """Speed against stanford_alpaca's way, kit and baseline side by side in one process (benchmarks/README.md).
 
     P1 preprocessing · P2 token efficiency · P3 training throughput · P4 generation · P5 GPU (benchmarks/gpu.py;
@@ -127,16 +148,19 @@ def bench_harness():
     """``benchmarks.harness`` of the checkout the kit runs from (the benchmarks are not part of the package)."""
     root = project_root()
     if root is None or not (root / "benchmarks" / "harness.py").is_file():
-        raise KitError("the benchmarks ship with the checkout, not with the installed package: clone the kit's "
-                       "repository, `pip install -e .` it and run `llm4academic bench` there")
+        raise KitError(
+            "the benchmarks ship with the checkout, not with the installed package: clone the kit's "
+            "repository, `pip install -e .` it and run `llm4academic bench` there"
+        )
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     return importlib.import_module("benchmarks.harness")
 
 
 @zbench_app.command("leaderboard")
-def zbench_leaderboard(split: Annotated[list[str] | None, typer.Option(help="basic, advanced or domain")] = None,
-                       as_json: JsonOpt = False):
+def zbench_leaderboard(
+    split: Annotated[list[str] | None, typer.Option(help="basic, advanced or domain")] = None, as_json: JsonOpt = False
+):
     """Score the 14 reference models' shipped Z-Bench answers with the reference scorers (with CIs, coverage)."""
     from .scoring import leaderboard, leaderboard_json
 
@@ -145,15 +169,19 @@ def zbench_leaderboard(split: Annotated[list[str] | None, typer.Option(help="bas
             typer.echo(json.dumps(leaderboard_json(split or None), indent=2, ensure_ascii=False))
             return
         table = leaderboard(split or None)
-    shown = table.assign(score=table["score"].round(3), ci=[f"[{a:.2f}, {b:.2f}]" for a, b in
-                                                          zip(table["ci_low"], table["ci_high"], strict=True)])
+    shown = table.assign(
+        score=table["score"].round(3),
+        ci=[f"[{a:.2f}, {b:.2f}]" for a, b in zip(table["ci_low"], table["ci_high"], strict=True)],
+    )
     typer.echo(shown[["split", "scorer", "model", "n", "coverage", "score", "ci"]].to_string(index=False))
 
 
 @app.command()
-def config(params: Annotated[Path, typer.Argument(help="the study's params YAML")],
-           set_: SetOpt = None,
-           as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False):
+def config(
+    params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of YAML")] = False,
+):
     """Print the resolved, validated params."""
     with user_errors():
         resolved = resolved_dict(load_params(params, set_ or []))
@@ -164,9 +192,11 @@ def config(params: Annotated[Path, typer.Argument(help="the study's params YAML"
 
 
 @models_app.command("tiny")
-def models_tiny(out_dir: Annotated[Path, typer.Argument(help="directory to write the model to")],
-                arch: Annotated[str, typer.Option(help=f"one of: {', '.join(TINY_ARCHS)}")] = "llama",
-                seed: int = 0):
+def models_tiny(
+    out_dir: Annotated[Path, typer.Argument(help="directory to write the model to")],
+    arch: Annotated[str, typer.Option(help=f"one of: {', '.join(TINY_ARCHS)}")] = "llama",
+    seed: int = 0,
+):
     """Build a tiny randomly initialised model + tokenizer offline (save_pretrained, safetensors)."""
     from .models import build_tiny
 
@@ -180,8 +210,10 @@ def models_tiny(out_dir: Annotated[Path, typer.Argument(help="directory to write
 def _show_catalog(kind: str, as_json: bool) -> None:
     from . import catalog
 
-    frame, table = {"models": (catalog.model_frame, catalog.format_model_table),
-                    "data": (catalog.catalog_frame, catalog.format_table)}[kind]
+    frame, table = {
+        "models": (catalog.model_frame, catalog.format_model_table),
+        "data": (catalog.catalog_frame, catalog.format_table),
+    }[kind]
     typer.echo(frame().to_json(orient="records", force_ascii=False, indent=2) if as_json else table())
 
 
@@ -207,9 +239,11 @@ def data_formats():
 
 
 @data_app.command("inspect")
-def data_inspect(path: Annotated[Path, typer.Argument(help="a .json / .jsonl file (or gzip of either)")],
-                 format: Annotated[str, typer.Option("--format", help="auto or a format name")] = "auto",
-                 as_json: Annotated[bool, typer.Option("--json")] = False):
+def data_inspect(
+    path: Annotated[Path, typer.Argument(help="a .json / .jsonl file (or gzip of either)")],
+    format: Annotated[str, typer.Option("--format", help="auto or a format name")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+):
     """Detected format, record count, invalid records by reason (with file:line examples), language mix.
 
     Exits 0 when every record loads; 1 when some are invalid; 2 when the file cannot be read at all.
@@ -221,8 +255,10 @@ def data_inspect(path: Annotated[Path, typer.Argument(help="a .json / .jsonl fil
     if as_json:
         typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
     else:
-        typer.echo(f"{info['path']}\n  format: {info['format']} ({info['layout']})\n  records: {info['records']:,} "
-                   f"of {info['read']:,} read\n  invalid: {info['invalid_total']:,}")
+        typer.echo(
+            f"{info['path']}\n  format: {info['format']} ({info['layout']})\n  records: {info['records']:,} "
+            f"of {info['read']:,} read\n  invalid: {info['invalid_total']:,}"
+        )
         for reason, n in sorted(info["invalid"].items()):
             typer.echo(f"    {reason}: {n:,}")
         for ex in info["examples"]:

@@ -44,8 +44,10 @@ def zbench_items(params: StudyParams):
     if params.evaluate.items:
         unknown = [i for i in params.evaluate.items if i not in set(zb["item_id"])]
         if unknown:
-            raise ConfigError(f"evaluate.items: unknown Z-Bench item(s) {', '.join(unknown)}; ids run "
-                              f"basic-000…basic-062, advanced-000…advanced-208, domain-000…domain-038")
+            raise ConfigError(
+                f"evaluate.items: unknown Z-Bench item(s) {', '.join(unknown)}; ids run "
+                f"basic-000…basic-062, advanced-000…advanced-208, domain-000…domain-038"
+            )
         order = {item: i for i, item in enumerate(params.evaluate.items)}
         zb = zb[zb["item_id"].isin(order)].sort_values("item_id", key=lambda c: c.map(order)).reset_index(drop=True)
     elif params.evaluate.limit:
@@ -58,18 +60,27 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
     ev = params.evaluate
     rd = RunDir(run_dir)
     zb = zbench_items(params)
-    gen = GenParams(max_new_tokens=ev.max_new_tokens, do_sample=ev.do_sample, temperature=ev.temperature,
-                    top_p=ev.top_p, seed=params.seed, batch_size=ev.batch_size)
+    gen = GenParams(
+        max_new_tokens=ev.max_new_tokens,
+        do_sample=ev.do_sample,
+        temperature=ev.temperature,
+        top_p=ev.top_p,
+        seed=params.seed,
+        batch_size=ev.batch_size,
+    )
     frames, reports = [], []
     for mp in evaluated_models(params, run_dir):
-        df, rep = generate_answers(mp, zb[["item_id", "prompt"]], rd.generations, gen, backend=ev.backend,
-                                   progress=progress)
+        df, rep = generate_answers(
+            mp, zb[["item_id", "prompt"]], rd.generations, gen, backend=ev.backend, progress=progress
+        )
         frames.append(df.merge(zb[["item_id", "split"]], on="item_id"))
         reports.append(rep.to_dict())
     ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "split", "model"])
     theirs = answers_long(zb)
-    answers = pd.concat([ours[["item_id", "split", "model", "answer"]], theirs[["item_id", "split", "model",
-                                                                                 "answer"]]], ignore_index=True)
+    answers = pd.concat(
+        [ours[["item_id", "split", "model", "answer"]], theirs[["item_id", "split", "model", "answer"]]],
+        ignore_index=True,
+    )
     scores = scoring.score_answers(answers, zb, ev.scorers, progress=progress)
     judged = run_judge(params, ours, zb, progress) if ev.judge.model and len(ours) else {}
     if judged:
@@ -83,16 +94,31 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
         rd.write_evaluate_table(name, frame)
     atomic_write(rd.evaluate_summary, summary.to_csv(index=False))
     atomic_write(rd.evaluate_by_tag, by_tag.to_csv(index=False))
-    info = {"models": study_models, "reference_models": sorted(set(theirs["model"])), "items": len(zb),
-            "splits": list(ev.splits), "limit": ev.limit,
-            "item_ids": list(zb["item_id"]), "generation": gen.decoding(), "scorers": list(ev.scorers),
-            "cache": reports, "files": [str(f) for f in files],
-            "judge": ev.judge.model_dump() if judged else None}
+    info = {
+        "models": study_models,
+        "reference_models": sorted(set(theirs["model"])),
+        "items": len(zb),
+        "splits": list(ev.splits),
+        "limit": ev.limit,
+        "item_ids": list(zb["item_id"]),
+        "generation": gen.decoding(),
+        "scorers": list(ev.scorers),
+        "cache": reports,
+        "files": [str(f) for f in files],
+        "judge": ev.judge.model_dump() if judged else None,
+    }
     if "pairwise" in judged:
         info["pairwise"] = scoring.pairwise_summary(judged["pairwise"]).to_dict(orient="records")
     write_json(rd.evaluate_info, info)
-    return {"zbench": zb, "answers": ours, "scores": scores, "summary": summary, "by_tag": by_tag, "info": info,
-            **judged}
+    return {
+        "zbench": zb,
+        "answers": ours,
+        "scores": scores,
+        "summary": summary,
+        "by_tag": by_tag,
+        "info": info,
+        **judged,
+    }
 
 
 def run_judge(params: StudyParams, answers, zb, progress: bool) -> dict:
@@ -112,13 +138,20 @@ def write_seed_csvs(zb, answers, run_dir: str | Path | RunDir, study_models: lis
     """Per split, the seed's side-by-side layout: ``Prompt, 任务类型, 参考回答``, the studied models, then the 14
     reference models (``chinese_eval_<split>`` in the seed; here ``RunDir.zbench_csv(split)``)."""
     rd = RunDir(run_dir)
-    wide = answers.pivot_table(index="item_id", columns="model", values="answer", aggfunc="first") \
-        if len(answers) else pd.DataFrame()
+    wide = (
+        answers.pivot_table(index="item_id", columns="model", values="answer", aggfunc="first")
+        if len(answers)
+        else pd.DataFrame()
+    )
     files = []
     for split, part in zb.groupby("split", sort=False):
-        table = pd.DataFrame({"Prompt": part["prompt"].values,
-                              "任务类型": [" ".join(f"`{t}`" for t in tags) for tags in part["tags"]],
-                              "参考回答": part["reference"].values})
+        table = pd.DataFrame(
+            {
+                "Prompt": part["prompt"].values,
+                "任务类型": [" ".join(f"`{t}`" for t in tags) for tags in part["tags"]],
+                "参考回答": part["reference"].values,
+            }
+        )
         for m in study_models:
             table[m] = [wide.at[i, m] if i in wide.index and m in wide.columns else "" for i in part["item_id"]]
         for m in REFERENCE_MODELS:

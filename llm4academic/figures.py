@@ -29,8 +29,14 @@ from matplotlib import font_manager
 
 from .scoring import OVERALL
 from .zbench import REFERENCE_MODELS, SPLITS, model_label
-CJK_FONTS: tuple[str, ...] = ("WenQuanYi Micro Hei", "Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC",
-                               "WenQuanYi Zen Hei")
+
+CJK_FONTS: tuple[str, ...] = (
+    "WenQuanYi Micro Hei",
+    "Noto Sans CJK SC",
+    "Noto Sans SC",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+)
 
 
 # --------------------------------------------------------------------------------------------- theme and colours
@@ -48,9 +54,14 @@ def style() -> list[str]:
                 font_manager.fontManager.addfont(path)
         names = {f.name for f in font_manager.fontManager.ttflist}
     cjk = [n for n in CJK_FONTS if n in names]
-    sns.set_theme(style="whitegrid", context="notebook",
-                  rc={"font.family": ["DejaVu Sans", *cjk, "sans-serif"],  # matplotlib falls back glyph by glyph
-                      "axes.unicode_minus": False})
+    sns.set_theme(
+        style="whitegrid",
+        context="notebook",
+        rc={
+            "font.family": ["DejaVu Sans", *cjk, "sans-serif"],  # matplotlib falls back glyph by glyph
+            "axes.unicode_minus": False,
+        },
+    )
     if not cjk:
         warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
     return cjk
@@ -90,8 +101,13 @@ def label_palette(colours: dict[str, tuple]) -> dict[str, tuple]:
 def plot_mix(draws: pd.DataFrame, records: int, seed: int):
     """Per source: records available after cleaning and taken into the mix."""
     fig, ax = plt.subplots(figsize=(8, 3.4))
-    sns.barplot(data=draws.melt(id_vars="source", value_vars=["available", "taken"], var_name="", value_name="records"),
-                x="source", y="records", hue="", ax=ax)
+    sns.barplot(
+        data=draws.melt(id_vars="source", value_vars=["available", "taken"], var_name="", value_name="records"),
+        x="source",
+        y="records",
+        hue="",
+        ax=ax,
+    )
     ax.set_title(f"Training mix: {records:,} records (seed {seed})")
     return fig
 
@@ -110,16 +126,33 @@ def plot_sources_languages(per_source: pd.DataFrame, langs: pd.DataFrame):
 
 def plot_length_ecdf(chars: pd.DataFrame):
     """ECDF (log scale) of each field's length in characters per source; empty fields left out."""
-    g = sns.displot(data=chars[chars["chars"] > 0], x="chars", hue="source", col="field", kind="ecdf",
-                    log_scale=True, height=3.4, aspect=1.1)
+    g = sns.displot(
+        data=chars[chars["chars"] > 0],
+        x="chars",
+        hue="source",
+        col="field",
+        kind="ecdf",
+        log_scale=True,
+        height=3.4,
+        aspect=1.1,
+    )
     g.set_titles("{col_name}")
     return g.figure
 
 
 def plot_token_lengths(tokens: pd.DataFrame):
     """Box plots of each field's length in tokens per source, one panel per model's tokenizer."""
-    g = sns.catplot(data=tokens, x="field", y="tokens", hue="source", col="model", kind="box", showfliers=False,
-                    height=3.6, aspect=1.2)
+    g = sns.catplot(
+        data=tokens,
+        x="field",
+        y="tokens",
+        hue="source",
+        col="model",
+        kind="box",
+        showfliers=False,
+        height=3.6,
+        aspect=1.2,
+    )
     g.set_titles("{col_name}")
     return g.figure
 
@@ -127,8 +160,14 @@ def plot_token_lengths(tokens: pd.DataFrame):
 def plot_leading_verbs(verbs: pd.DataFrame):
     """The most common first words of English instructions and their first content words."""
     fig, ax = plt.subplots(figsize=(9, max(3, 0.22 * len(verbs))))
-    sns.barplot(data=verbs.assign(pair=verbs["verb"] + " · " + verbs["object"]), y="pair", x="records",
-                hue="verb", legend=False, ax=ax)
+    sns.barplot(
+        data=verbs.assign(pair=verbs["verb"] + " · " + verbs["object"]),
+        y="pair",
+        x="records",
+        hue="verb",
+        legend=False,
+        ax=ax,
+    )
     ax.set_title("Most common first words (verbs) and their first content words")
     ax.set_ylabel("")
     return fig
@@ -139,8 +178,17 @@ def plot_leading_verbs(verbs: pd.DataFrame):
 
 def plot_train_curves(curves: pd.DataFrame):
     """Every logged metric (loss, learning rate, tokens/s …) against the optimizer step, one line per model."""
-    g = sns.relplot(data=curves, x="step", y="value", hue="model", col="metric", kind="line", height=3.2,
-                    aspect=1.2, facet_kws={"sharey": False})
+    g = sns.relplot(
+        data=curves,
+        x="step",
+        y="value",
+        hue="model",
+        col="metric",
+        kind="line",
+        height=3.2,
+        aspect=1.2,
+        facet_kws={"sharey": False},
+    )
     g.set_titles("{col_name}")
     return g.figure
 
@@ -152,8 +200,16 @@ def plot_scorers(summary: pd.DataFrame):
     """Overall mean score per model, one panel per scorer, models best first (mean over the scorers)."""
     overall = summary[summary["split"] == OVERALL].copy()
     overall["model"] = overall["model"].map(model_label)
-    g = sns.catplot(data=overall, y="model", x="score", col="scorer", kind="bar", height=4.2, aspect=0.8,
-                    order=overall.groupby("model")["score"].mean().sort_values(ascending=False).index)
+    g = sns.catplot(
+        data=overall,
+        y="model",
+        x="score",
+        col="scorer",
+        kind="bar",
+        height=4.2,
+        aspect=0.8,
+        order=overall.groupby("model")["score"].mean().sort_values(ascending=False).index,
+    )
     g.set(xlim=(0, 1))
     g.set_titles("{col_name}")
     return g.figure
@@ -165,8 +221,16 @@ def plot_tag_heatmap(matrix: pd.DataFrame, max_tags: int = 40):
     mat = matrix[cols]
     mat.index = mat.index.map(model_label)
     fig, ax = plt.subplots(figsize=(min(24, 0.42 * mat.shape[1] + 4), 0.38 * mat.shape[0] + 2.2))
-    sns.heatmap(mat, cmap="viridis", vmin=0, vmax=1, ax=ax, cbar_kws={"label": "mean primary score"},
-                linewidths=.3, linecolor="white")
+    sns.heatmap(
+        mat,
+        cmap="viridis",
+        vmin=0,
+        vmax=1,
+        ax=ax,
+        cbar_kws={"label": "mean primary score"},
+        linewidths=0.3,
+        linecolor="white",
+    )
     ax.set_xlabel("Z-Bench task tag")
     ax.set_ylabel("")
     fig.tight_layout()
@@ -182,12 +246,28 @@ def plot_leaderboard(board: pd.DataFrame, colours: dict[str, tuple], split: str 
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 0.32 * len(part) + 1.4))
     y = np.arange(len(part))
-    ax.barh(y, part["score"], color=[colours.get(m, (.6, .6, .6)) for m in part["model"]],
-            edgecolor=["black" if k != "reference" else "none" for k in part["kind"]])
-    ax.errorbar(part["score"], y, xerr=[part["score"] - part["ci_low"], part["ci_high"] - part["score"]],
-                fmt="none", ecolor="#333333", elinewidth=1, capsize=2)
-    ax.set_yticks(y, [f"{model_label(m)}{'  ★' if k != 'reference' else ''}" for m, k in zip(part["model"],
-                                                                                           part["kind"], strict=True)])
+    ax.barh(
+        y,
+        part["score"],
+        color=[colours.get(m, (0.6, 0.6, 0.6)) for m in part["model"]],
+        edgecolor=["black" if k != "reference" else "none" for k in part["kind"]],
+    )
+    ax.errorbar(
+        part["score"],
+        y,
+        xerr=[part["score"] - part["ci_low"], part["ci_high"] - part["score"]],
+        fmt="none",
+        ecolor="#333333",
+        elinewidth=1,
+        capsize=2,
+    )
+    ax.set_yticks(
+        y,
+        [
+            f"{model_label(m)}{'  ★' if k != 'reference' else ''}"
+            for m, k in zip(part["model"], part["kind"], strict=True)
+        ],
+    )
     ax.set_xlim(0, 1)
     ax.set_xlabel("primary score (95 % bootstrap CI)")
     ax.set_title(f"Z-Bench {split}: studied models (★) next to the reference models")
@@ -200,16 +280,22 @@ def plot_splits(board: pd.DataFrame, colours: dict[str, tuple], models: Sequence
     if models is not None:
         order = [m for m in order if m in set(models)]
     splits = [s for s in [*SPLITS, OVERALL] if s in set(board["split"])]
-    fig, axes = plt.subplots(1, len(splits), figsize=(3.2 * len(splits) + 1.5, 0.3 * len(order) + 1.6),
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(splits), figsize=(3.2 * len(splits) + 1.5, 0.3 * len(order) + 1.6), sharey=True)
     axes = np.atleast_1d(axes)
     for ax, split in zip(axes, splits, strict=True):
         part = board[board["split"] == split].set_index("model").reindex(order)
         y = np.arange(len(order))[::-1]
         for yi, (m, r) in zip(y, part.iterrows(), strict=True):
             if not math.isnan(r["score"]):
-                ax.errorbar(r["score"], yi, xerr=[[r["score"] - r["ci_low"]], [r["ci_high"] - r["score"]]],
-                            fmt="o", color=colours.get(m, (.5, .5, .5)), ms=5, capsize=2)
+                ax.errorbar(
+                    r["score"],
+                    yi,
+                    xerr=[[r["score"] - r["ci_low"]], [r["ci_high"] - r["score"]]],
+                    fmt="o",
+                    color=colours.get(m, (0.5, 0.5, 0.5)),
+                    ms=5,
+                    capsize=2,
+                )
         ax.set_title(split)
         ax.set_xlim(-0.02, 1.02)
         ax.set_yticks(y, [model_label(m) for m in order])
@@ -224,8 +310,14 @@ def plot_deltas(deltas: pd.DataFrame, colours: dict[str, tuple]):
     fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(deltas) + 1.4))
     labels = []
     for i, r in enumerate(deltas.itertuples(index=False)):
-        ax.errorbar(r.delta, i, xerr=[[r.delta - r.ci_low], [r.ci_high - r.delta]], fmt="o", capsize=3,
-                    color=colours.get(r.tuned, "C0"))
+        ax.errorbar(
+            r.delta,
+            i,
+            xerr=[[r.delta - r.ci_low], [r.ci_high - r.delta]],
+            fmt="o",
+            capsize=3,
+            color=colours.get(r.tuned, "C0"),
+        )
         labels.append(f"{model_label(r.tuned)} · {r.split}")
     ax.axvline(0, ls="--", color="#555555", lw=1)
     ax.set_yticks(range(len(labels)), labels)
@@ -243,13 +335,33 @@ def plot_length_bias(primary: pd.DataFrame, lengths: pd.DataFrame, colours: dict
     lab_colours = label_palette(colours)
     order = joined.groupby("label")["chars"].median().sort_values().index.tolist()
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 0.3 * len(order) + 2.2), gridspec_kw={"width_ratios": [1, 1.2]})
-    sns.boxplot(data=joined, y="label", x=joined["chars"].clip(lower=1), hue="label", order=order,
-                palette=lab_colours, ax=a, legend=False, fliersize=2)
+    sns.boxplot(
+        data=joined,
+        y="label",
+        x=joined["chars"].clip(lower=1),
+        hue="label",
+        order=order,
+        palette=lab_colours,
+        ax=a,
+        legend=False,
+        fliersize=2,
+    )
     a.set_xscale("log")
     a.set_xlabel("answer length (characters, log)")
     a.set_ylabel("")
-    sns.stripplot(data=joined, x=joined["chars"].clip(lower=1), y="score", hue="label", palette=lab_colours, ax=b,
-                  native_scale=True, jitter=False, alpha=.6, size=4, legend=False)
+    sns.stripplot(
+        data=joined,
+        x=joined["chars"].clip(lower=1),
+        y="score",
+        hue="label",
+        palette=lab_colours,
+        ax=b,
+        native_scale=True,
+        jitter=False,
+        alpha=0.6,
+        size=4,
+        legend=False,
+    )
     b.set_xscale("log")
     b.set_xlabel("answer length (characters, log)")
     b.set_ylabel("primary score")
@@ -282,8 +394,18 @@ def plot_judge(agreement: pd.DataFrame, colours: dict[str, tuple]):
 def plot_curves(curves: pd.DataFrame, colours: dict[str, tuple]):
     """Loss (and learning rate) against step, one line per trained model, in the comparison's colours."""
     data = curves.assign(label=curves["model"].map(model_label))
-    g = sns.relplot(data=data, x="step", y="value", hue="label", col="metric", kind="line", height=3.4, aspect=1.4,
-                    facet_kws={"sharey": False}, palette=label_palette(colours))
+    g = sns.relplot(
+        data=data,
+        x="step",
+        y="value",
+        hue="label",
+        col="metric",
+        kind="line",
+        height=3.4,
+        aspect=1.4,
+        facet_kws={"sharey": False},
+        palette=label_palette(colours),
+    )
     g.set_titles("{col_name}")
     g.set_axis_labels("optimizer step", "")
     return g.figure

@@ -49,17 +49,24 @@ def make_accelerator(tp, card, on_cpu: bool):
             fsdp_version=tp.fsdp.version,
             sharding_strategy="FULL_SHARD" if tp.fsdp.version == 1 else None,
             reshard_after_forward=True if tp.fsdp.version == 2 else None,
-            auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=[card.wrap_class],
-            state_dict_type="SHARDED_STATE_DICT", activation_checkpointing=tp.fsdp.activation_checkpointing,
-            cpu_offload=tp.fsdp.cpu_offload, cpu_ram_efficient_loading=False,
+            auto_wrap_policy="transformer_based_wrap",
+            transformer_cls_names_to_wrap=[card.wrap_class],
+            state_dict_type="SHARDED_STATE_DICT",
+            activation_checkpointing=tp.fsdp.activation_checkpointing,
+            cpu_offload=tp.fsdp.cpu_offload,
+            cpu_ram_efficient_loading=False,
             sync_module_states=False if tp.fsdp.version == 1 else None,
-            use_orig_params=True if tp.fsdp.version == 1 else None)
+            use_orig_params=True if tp.fsdp.version == 1 else None,
+        )
     mixed = tp.mixed_precision if not on_cpu or tp.mixed_precision == "bf16" else "no"
-    acc = Accelerator(cpu=on_cpu, fsdp_plugin=plugin, mixed_precision=mixed,
-                      gradient_accumulation_steps=tp.gradient_accumulation_steps,
-                      dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+    acc = Accelerator(
+        cpu=on_cpu,
+        fsdp_plugin=plugin,
+        mixed_precision=mixed,
+        gradient_accumulation_steps=tp.gradient_accumulation_steps,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
     if plugin is not None and on_cpu and acc.num_processes > 1:
-
         state = acc.state
         for shared in (state, PartialState()):  # both singletons: later PartialState() calls must agree
             shared.distributed_type = DistributedType.FSDP
@@ -81,11 +88,18 @@ def fsdp_report(acc, model, full: int) -> dict:
     for p in model.parameters():
         kinds.add(type(p).__name__)
         local += p.to_local().numel() if hasattr(p, "to_local") else p.numel()
-    return {"distributed_type": str(acc.distributed_type).split(".")[-1], "num_processes": acc.num_processes,
-            "fsdp_version": getattr(getattr(acc.state, "fsdp_plugin", None), "fsdp_version", None)
-            if str(acc.distributed_type).endswith("FSDP") else None,
-            "model_class": type(model).__name__, "parameter_types": sorted(kinds),
-            "parameters": full, "local_parameters": local, "sharded": local < full}
+    return {
+        "distributed_type": str(acc.distributed_type).split(".")[-1],
+        "num_processes": acc.num_processes,
+        "fsdp_version": getattr(getattr(acc.state, "fsdp_plugin", None), "fsdp_version", None)
+        if str(acc.distributed_type).endswith("FSDP")
+        else None,
+        "model_class": type(model).__name__,
+        "parameter_types": sorted(kinds),
+        "parameters": full,
+        "local_parameters": local,
+        "sharded": local < full,
+    }
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -56,6 +56,7 @@ _SANE_CONTEXT = 1_000_000  # tokenizers without a limit say model_max_length = 1
 @dataclass(frozen=True)
 class GenParams:
     """Decoding settings. ``temperature``, ``top_p`` and ``seed`` matter only with ``do_sample``."""
+
     max_new_tokens: int = 128
     do_sample: bool = False
     temperature: float = 1.0
@@ -64,12 +65,16 @@ class GenParams:
     batch_size: int = 16
 
     def __post_init__(self) -> None:
-        problems = [msg for bad, msg in (
-            (self.max_new_tokens < 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}"),
-            (self.batch_size < 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-            (not self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-            (not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-        ) if bad]
+        problems = [
+            msg
+            for bad, msg in (
+                (self.max_new_tokens < 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}"),
+                (self.batch_size < 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
+                (not self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
+                (not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
+            )
+            if bad
+        ]
         if problems:
             raise KitError("generation: " + "; ".join(problems))
 
@@ -84,6 +89,7 @@ class GenParams:
 @dataclass
 class GenerationReport:
     """What ``generate_answers`` did for one model."""
+
     model: str
     identity: str
     cache_file: str
@@ -146,14 +152,14 @@ def fit_prompt(ids: list[int], limit: int | None, keep_head: int) -> tuple[list[
         return ids, False
     if limit <= keep_head:
         raise KitError(f"a prompt must fit in {limit} tokens, which leaves no room after its special tokens")
-    return ids[:keep_head] + ids[len(ids) - (limit - keep_head):], True
+    return ids[:keep_head] + ids[len(ids) - (limit - keep_head) :], True
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length: longest first (an out-of-memory shows at once), ties in
     input order."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 def item_seed(seed: int, text: str) -> int:
@@ -164,8 +170,9 @@ def item_seed(seed: int, text: str) -> int:
 def _context_limit(model, tokenizer, seq2seq: bool) -> int | None:
     """How many tokens the model reads: its position table (decoder-only), else the tokenizer's limit if it has one."""
     config = model.config
-    limits = [] if seq2seq else [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions",
-                                                                      "seq_length")]
+    limits = (
+        [] if seq2seq else [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions", "seq_length")]
+    )
     limits.append(getattr(tokenizer, "model_max_length", None))
     limits = [int(x) for x in limits if isinstance(x, int | float) and 0 < x < _SANE_CONTEXT]
     return min(limits) if limits else None
@@ -194,6 +201,7 @@ def _seeded_sampler(seeds: list[int], gen: GenParams, device):
 
 class TransformersRunner:
     """One loaded model + tokenizer: ``run(list of prompt ids, seeds)`` → ``[(new ids, finish)]`` for one batch."""
+
     backend = "transformers"
 
     def __init__(self, mp: ModelParams, tokenizer, seq2seq: bool, gen: GenParams, device: str | None = None):
@@ -206,8 +214,11 @@ class TransformersRunner:
         own = self.model.generation_config
         ids = {"eos_token_id": self.eos, "pad_token_id": self.pad, "bos_token_id": tokenizer.bos_token_id}
         if seq2seq:
-            ids["decoder_start_token_id"] = own.decoder_start_token_id if own.decoder_start_token_id is not None \
+            ids["decoder_start_token_id"] = (
+                own.decoder_start_token_id
+                if own.decoder_start_token_id is not None
                 else self.model.config.decoder_start_token_id
+            )
         # The model's own generation_config.json fills every field we leave unset (transformers 5): replace it
         # so that only these settings and transformers' neutral defaults apply.
         self.model.generation_config = GenerationConfig(**ids)
@@ -227,11 +238,14 @@ class TransformersRunner:
             rows = [p + ids for p, ids in zip(pad, batch, strict=True)]
         input_ids = torch.tensor(rows, device=self.device)
         attention_mask = torch.tensor(mask, device=self.device)
-        processors = LogitsProcessorList(
-            [_seeded_sampler(seeds, self.gen, self.device)] if self.gen.do_sample else [])
+        processors = LogitsProcessorList([_seeded_sampler(seeds, self.gen, self.device)] if self.gen.do_sample else [])
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                      generation_config=self.config, logits_processor=processors)
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=self.config,
+                logits_processor=processors,
+            )
         start = 1 if self.seq2seq else width  # seq2seq output starts with the decoder start token
         return [_finish(row[start:].tolist(), self.eos) for row in out]
 
@@ -239,7 +253,7 @@ class TransformersRunner:
 def _finish(new: list[int], eos: int) -> tuple[list[int], str]:
     """New ids up to and including the first EOS (padding after it dropped), and why generation stopped."""
     if eos in new:
-        return new[:new.index(eos) + 1], "eos"
+        return new[: new.index(eos) + 1], "eos"
     return new, "length"
 
 
@@ -249,16 +263,24 @@ def _finish(new: list[int], eos: int) -> tuple[list[int], str]:
 class VllmRunner:
     """The same prompt ids through vLLM (decoder-only; GPU machines). Greedy = temperature 0; sampling seeds each
     request like the transformers backend (its draws differ from transformers', hence ``backend`` in the key)."""
+
     backend = "vllm"
 
     def __init__(self, mp: ModelParams, tokenizer, seq2seq: bool, gen: GenParams, device: str | None = None):
         vllm = _import_vllm()
         if seq2seq:
-            raise KitError(f"model {mp.name!r} is encoder-decoder: the vllm backend serves decoder-only models; set "
-                           "evaluate.backend: transformers")
+            raise KitError(
+                f"model {mp.name!r} is encoder-decoder: the vllm backend serves decoder-only models; set "
+                "evaluate.backend: transformers"
+            )
         self.vllm, self.gen, self.eos = vllm, gen, tokenizer.eos_token_id
-        self.llm = vllm.LLM(model=resolve_model_path(mp.path), revision=mp.revision, dtype=mp.dtype,
-                            trust_remote_code=mp.trust_remote_code, seed=gen.seed)
+        self.llm = vllm.LLM(
+            model=resolve_model_path(mp.path),
+            revision=mp.revision,
+            dtype=mp.dtype,
+            trust_remote_code=mp.trust_remote_code,
+            seed=gen.seed,
+        )
         self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
         self.device = "cuda"
         self.context = self.llm.llm_engine.model_config.max_model_len
@@ -268,10 +290,17 @@ class VllmRunner:
         g = self.gen
         # ignore_eos: stop at the tokenizer's EOS id only, as the transformers backend does (not at other ids the
         # model's generation_config.json may list)
-        params = [self.vllm.SamplingParams(
-            max_tokens=g.max_new_tokens, temperature=g.temperature if g.do_sample else 0.0,
-            top_p=g.top_p if g.do_sample else 1.0, seed=s if g.do_sample else None, ignore_eos=True,
-            stop_token_ids=[self.eos]) for s in seeds]
+        params = [
+            self.vllm.SamplingParams(
+                max_tokens=g.max_new_tokens,
+                temperature=g.temperature if g.do_sample else 0.0,
+                top_p=g.top_p if g.do_sample else 1.0,
+                seed=s if g.do_sample else None,
+                ignore_eos=True,
+                stop_token_ids=[self.eos],
+            )
+            for s in seeds
+        ]
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in batch], params, use_tqdm=False)
         results = []
         for o in outs:
@@ -286,9 +315,10 @@ def _import_vllm():
     try:
         import vllm  # optional: GPU machines only
     except ImportError:
-        raise KitError("backend 'vllm' (evaluate.backend) needs the vllm package, which is not installed here: "
-                       "install vllm on a GPU machine (pip install vllm), or set evaluate.backend: transformers"
-                       ) from None
+        raise KitError(
+            "backend 'vllm' (evaluate.backend) needs the vllm package, which is not installed here: "
+            "install vllm on a GPU machine (pip install vllm), or set evaluate.backend: transformers"
+        ) from None
     return vllm
 
 
@@ -307,10 +337,18 @@ def _check_items(items: pd.DataFrame) -> None:
         raise KitError(f"generation: item_id {dup!r} appears more than once")
 
 
-def generate_answers(mp: ModelParams, items: pd.DataFrame, out_dir: str | Path, gen: GenParams | None = None, *,
-                     limit: int | None = None, progress: bool = True, stop_after_batches: int | None = None,
-                     backend: str = "transformers", device: str | None = None,
-                     ) -> tuple[pd.DataFrame, GenerationReport]:
+def generate_answers(
+    mp: ModelParams,
+    items: pd.DataFrame,
+    out_dir: str | Path,
+    gen: GenParams | None = None,
+    *,
+    limit: int | None = None,
+    progress: bool = True,
+    stop_after_batches: int | None = None,
+    backend: str = "transformers",
+    device: str | None = None,
+) -> tuple[pd.DataFrame, GenerationReport]:
     """Answers of model ``mp`` to ``items`` (``item_id, prompt``; the first ``limit``), cached under ``out_dir``.
 
     Returns one row per item, in the order of ``items`` (rows read from the cache and rows generated now), and a
@@ -319,8 +357,9 @@ def generate_answers(mp: ModelParams, items: pd.DataFrame, out_dir: str | Path, 
     """
     gen = gen or GenParams()
     if backend not in BACKENDS:
-        raise KitError(f"unknown generation backend {backend!r} (evaluate.backend); expected one of "
-                       f"{', '.join(BACKENDS)}")
+        raise KitError(
+            f"unknown generation backend {backend!r} (evaluate.backend); expected one of {', '.join(BACKENDS)}"
+        )
     if backend == "vllm":
         _import_vllm()
     _check_items(items)
@@ -361,8 +400,11 @@ def generate_answers(mp: ModelParams, items: pd.DataFrame, out_dir: str | Path, 
     warn_if_damaged(cached, path)
     report.dropped_partial_line, report.duplicate_lines = cached.partial, cached.duplicates
 
-    rows = [{**cached.rows[k], "item_id": item_id, "model": mp.name}
-            for k, item_id in zip(keys, items["item_id"], strict=True) if k in cached.rows]
+    rows = [
+        {**cached.rows[k], "item_id": item_id, "model": mp.name}
+        for k, item_id in zip(keys, items["item_id"], strict=True)
+        if k in cached.rows
+    ]
     report.missing = len(items) - len(rows)
     report.cached = sum(1 for r in rows if r["key"] not in new)
     report.seconds = round(time.perf_counter() - started, 3)
@@ -371,9 +413,27 @@ def generate_answers(mp: ModelParams, items: pd.DataFrame, out_dir: str | Path, 
     return df, report
 
 
-ROW_COLUMNS = ("key", "item_id", "prompt", "answer", "model", "model_identity", "template", "backend", "dtype",
-               "device", "batch_size", "generation", "prompt_tokens", "prompt_truncated", "new_tokens",
-               "finish_reason", "seconds", "versions", "created")
+ROW_COLUMNS = (
+    "key",
+    "item_id",
+    "prompt",
+    "answer",
+    "model",
+    "model_identity",
+    "template",
+    "backend",
+    "dtype",
+    "device",
+    "batch_size",
+    "generation",
+    "prompt_tokens",
+    "prompt_truncated",
+    "new_tokens",
+    "finish_reason",
+    "seconds",
+    "versions",
+    "created",
+)
 
 
 def _versions(*packages: str) -> dict[str, str]:
@@ -383,6 +443,7 @@ def _versions(*packages: str) -> dict[str, str]:
 @dataclass
 class _Job:
     """One model's missing prompts: encoded, batched by length, generated, each batch appended to the cache."""
+
     mp: ModelParams
     tokenizer: Any
     template: str
@@ -402,24 +463,36 @@ class _Job:
         ids = prompt_ids(zbench_record(prompt), self.tokenizer, self.template, self.seq2seq)
         return (*fit_prompt(ids, self.limit, keep_head=self.head), len(ids))
 
-    def generate(self, items: pd.DataFrame, texts: list[str], jobs: dict[str, int], appender: Appender,
-                 report: GenerationReport, progress: bool, stop_after_batches: int | None):
+    def generate(
+        self,
+        items: pd.DataFrame,
+        texts: list[str],
+        jobs: dict[str, int],
+        appender: Appender,
+        report: GenerationReport,
+        progress: bool,
+        stop_after_batches: int | None,
+    ):
         """Yield the new rows of ``jobs`` (key → row of ``items``), batch after batch, once each batch is on disk."""
         keys, where = list(jobs), list(jobs.values())
         encoded = [self.encode(items["prompt"][i]) for i in where]
         batches = length_batches([len(ids) for ids, _, _ in encoded], self.gen.batch_size)
         if stop_after_batches is not None:
             batches = batches[:stop_after_batches]
-        with tqdm(total=sum(map(len, batches)), desc=f"generate {self.mp.name}", unit="prompt",
-                  disable=not progress) as bar:
+        with tqdm(
+            total=sum(map(len, batches)), desc=f"generate {self.mp.name}", unit="prompt", disable=not progress
+        ) as bar:
             for batch in batches:
                 t0 = time.perf_counter()
-                outs = self.runner.run([encoded[j][0] for j in batch],
-                                       [item_seed(self.gen.seed, texts[where[j]]) for j in batch])
+                outs = self.runner.run(
+                    [encoded[j][0] for j in batch], [item_seed(self.gen.seed, texts[where[j]]) for j in batch]
+                )
                 spent = time.perf_counter() - t0
                 created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-                rows = [self.row(keys[j], items.iloc[where[j]], encoded[j], new, finish, spent / len(batch), created)
-                        for j, (new, finish) in zip(batch, outs, strict=True)]
+                rows = [
+                    self.row(keys[j], items.iloc[where[j]], encoded[j], new, finish, spent / len(batch), created)
+                    for j, (new, finish) in zip(batch, outs, strict=True)
+                ]
                 appender.write(rows)
                 report.generated += len(rows)
                 report.prompts_truncated += sum(r["prompt_truncated"] for r in rows)
@@ -430,9 +503,24 @@ class _Job:
     def row(self, key: str, item, encoded, new: list[int], finish: str, seconds: float, created: str) -> dict:
         answer = self.tokenizer.decode(new[:-1] if finish == "eos" else new, skip_special_tokens=True)
         r = self.runner
-        return {"key": key, "item_id": str(item["item_id"]), "prompt": item["prompt"], "answer": answer,
-                "model": self.mp.name, "model_identity": self.identity, "template": self.template,
-                "backend": r.backend, "dtype": r.dtype, "device": str(r.device), "batch_size": self.gen.batch_size,
-                "generation": self.gen.decoding(), "prompt_tokens": encoded[2], "prompt_truncated": encoded[1],
-                "new_tokens": len(new), "finish_reason": finish, "seconds": round(seconds, 4),
-                "versions": r.versions, "created": created}
+        return {
+            "key": key,
+            "item_id": str(item["item_id"]),
+            "prompt": item["prompt"],
+            "answer": answer,
+            "model": self.mp.name,
+            "model_identity": self.identity,
+            "template": self.template,
+            "backend": r.backend,
+            "dtype": r.dtype,
+            "device": str(r.device),
+            "batch_size": self.gen.batch_size,
+            "generation": self.gen.decoding(),
+            "prompt_tokens": encoded[2],
+            "prompt_truncated": encoded[1],
+            "new_tokens": len(new),
+            "finish_reason": finish,
+            "seconds": round(seconds, 4),
+            "versions": r.versions,
+            "created": created,
+        }

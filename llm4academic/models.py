@@ -46,8 +46,13 @@ TINY_SIZE = {"hidden": 64, "layers": 2, "heads": 4, "ffn": 128, "max_positions":
 
 # How each architecture's real tokenizer frames a text, reproduced on the tiny tokenizer:
 # LLaMA/GLM prepend BOS; OPT/Galactica prepend </s>-style BOS; BLOOM adds nothing; T5 appends EOS.
-_FRAMING = {"llama": ("<s> $A", "<s> $A <s> $B"), "glm": ("<s> $A", "<s> $A <s> $B"),
-            "opt": ("<s> $A", "<s> $A <s> $B"), "bloom": ("$A", "$A $B"), "t5": ("$A </s>", "$A </s> $B </s>")}
+_FRAMING = {
+    "llama": ("<s> $A", "<s> $A <s> $B"),
+    "glm": ("<s> $A", "<s> $A <s> $B"),
+    "opt": ("<s> $A", "<s> $A <s> $B"),
+    "bloom": ("$A", "$A $B"),
+    "t5": ("$A </s>", "$A </s> $B </s>"),
+}
 _CORPUS_FILES = (  # (file, records used) — English and Chinese, so both tokenise sensibly
     ("instruct/alpaca/alpaca_data.first1825.json", 400),
     ("instruct/chinese_alpaca/alpaca_data-0-3252-zh.first2000.json", 400),
@@ -70,14 +75,25 @@ def train_tiny_tokenizer(arch: str):
     tok = Tokenizer(tokenizer_models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=list(SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(tokenizer_corpus(), trainer)
     single, pair = _FRAMING[arch]
     tok.post_processor = processors.TemplateProcessing(
-        single=single, pair=pair, special_tokens=[("<s>", BOS), ("</s>", EOS)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>", model_max_length=TINY_SIZE["max_positions"])
+        single=single, pair=pair, special_tokens=[("<s>", BOS), ("</s>", EOS)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=TINY_SIZE["max_positions"],
+    )
 
 
 def tiny_config(arch: str, vocab_size: int = TINY_VOCAB):
@@ -85,22 +101,56 @@ def tiny_config(arch: str, vocab_size: int = TINY_VOCAB):
     h, n, heads, ffn, pos = (TINY_SIZE[k] for k in ("hidden", "layers", "heads", "ffn", "max_positions"))
     ids = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
     if arch == "llama":
-        return transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=h, intermediate_size=ffn, num_hidden_layers=n,
-                              num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=pos,
-                              tie_word_embeddings=False, **ids)
+        return transformers.LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=h,
+            intermediate_size=ffn,
+            num_hidden_layers=n,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            max_position_embeddings=pos,
+            tie_word_embeddings=False,
+            **ids,
+        )
     if arch == "bloom":
         return transformers.BloomConfig(vocab_size=vocab_size, hidden_size=h, n_layer=n, n_head=heads, **ids)
     if arch == "opt":
-        return transformers.OPTConfig(vocab_size=vocab_size, hidden_size=h, num_hidden_layers=n, ffn_dim=ffn,
-                            num_attention_heads=heads, max_position_embeddings=pos, word_embed_proj_dim=h, **ids)
+        return transformers.OPTConfig(
+            vocab_size=vocab_size,
+            hidden_size=h,
+            num_hidden_layers=n,
+            ffn_dim=ffn,
+            num_attention_heads=heads,
+            max_position_embeddings=pos,
+            word_embed_proj_dim=h,
+            **ids,
+        )
     if arch == "t5":
-        return transformers.T5Config(vocab_size=vocab_size, d_model=h, d_kv=h // heads, d_ff=ffn, num_layers=n,
-                           num_decoder_layers=n, num_heads=heads, initializer_factor=0.05,
-                           decoder_start_token_id=PAD, pad_token_id=PAD, eos_token_id=EOS)
+        return transformers.T5Config(
+            vocab_size=vocab_size,
+            d_model=h,
+            d_kv=h // heads,
+            d_ff=ffn,
+            num_layers=n,
+            num_decoder_layers=n,
+            num_heads=heads,
+            initializer_factor=0.05,
+            decoder_start_token_id=PAD,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+        )
     if arch == "glm":
-        return transformers.GlmConfig(vocab_size=vocab_size, hidden_size=h, intermediate_size=ffn, num_hidden_layers=n,
-                            num_attention_heads=heads, num_key_value_heads=heads, head_dim=h // heads,
-                            max_position_embeddings=pos, **ids)
+        return transformers.GlmConfig(
+            vocab_size=vocab_size,
+            hidden_size=h,
+            intermediate_size=ffn,
+            num_hidden_layers=n,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
+            head_dim=h // heads,
+            max_position_embeddings=pos,
+            **ids,
+        )
     raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
 
 
@@ -123,9 +173,18 @@ def build_tiny(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "llm4academic.json").write_text(json.dumps(
-            {"tiny_arch": arch, "tiny_version": TINY_VERSION, "seed": seed, "size": TINY_SIZE,
-             "parameters": sum(p.numel() for p in model.parameters())}, indent=2))
+        (tmp / "llm4academic.json").write_text(
+            json.dumps(
+                {
+                    "tiny_arch": arch,
+                    "tiny_version": TINY_VERSION,
+                    "seed": seed,
+                    "size": TINY_SIZE,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                },
+                indent=2,
+            )
+        )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -143,7 +202,7 @@ def resolve_model_path(path: str, seed: int = 0) -> str:
     """``tiny:<arch>`` → its cached directory (built on first use); anything else is returned as is."""
     if not path.startswith(TINY_PREFIX):
         return path
-    arch = path[len(TINY_PREFIX):]
+    arch = path[len(TINY_PREFIX) :]
     target = tiny_cache_path(arch, seed)
     if not (target / "llm4academic.json").is_file():
         build_tiny(arch, target, seed=seed)
@@ -179,17 +238,26 @@ def _check_remote_code(mp: ModelParams, config: Any) -> None:
     needs_code = card.needs_remote_code if card else model_type not in CONFIG_MAPPING
     if not needs_code or mp.trust_remote_code:
         return
-    allow = (f"set `models[i].trust_remote_code: true` on the entry named {mp.name!r} in the params "
-             f"(or --set models[i].trust_remote_code=true)")
+    allow = (
+        f"set `models[i].trust_remote_code: true` on the entry named {mp.name!r} in the params "
+        f"(or --set models[i].trust_remote_code=true)"
+    )
     if card:
-        raise KitError(f"{_describe(mp)} is {card.model}'s family (card {card.name!r}, model_type {model_type!r}): "
-                       f"its model code ships with the checkpoint and is not part of transformers. To run that code, "
-                       f"{allow}; or choose a model transformers implements, e.g. card glm (zai-org/glm-4-9b-hf).")
+        raise KitError(
+            f"{_describe(mp)} is {card.model}'s family (card {card.name!r}, model_type {model_type!r}): "
+            f"its model code ships with the checkpoint and is not part of transformers. To run that code, "
+            f"{allow}; or choose a model transformers implements, e.g. card glm (zai-org/glm-4-9b-hf)."
+        )
     has_code = bool(config.get("auto_map") if isinstance(config, dict) else getattr(config, "auto_map", None))
-    then = (f"Its config.json points to model code shipped with the checkpoint (auto_map): to run it, {allow}."
-            if has_code else "Its config.json names no model code (auto_map) either: check the path.")
-    raise KitError(f"{_describe(mp)} has model_type {model_type!r}, which transformers {transformers.__version__} does "
-                   f"not implement and no model card covers. {then}")
+    then = (
+        f"Its config.json points to model code shipped with the checkpoint (auto_map): to run it, {allow}."
+        if has_code
+        else "Its config.json names no model code (auto_map) either: check the path."
+    )
+    raise KitError(
+        f"{_describe(mp)} has model_type {model_type!r}, which transformers {transformers.__version__} does "
+        f"not implement and no model card covers. {then}"
+    )
 
 
 def resolve_card(mp: ModelParams, config: Any) -> ModelCard:
@@ -203,9 +271,11 @@ def resolve_card(mp: ModelParams, config: Any) -> ModelCard:
             raise KitError(f"{_describe(mp)}: {e}") from None
     card = get_model_card(mp.card)
     if model_type not in card.model_types:
-        raise KitError(f"{_describe(mp)}: the params name card {card.name!r} (`models[i].card`), which covers "
-                       f"model_type {', '.join(card.model_types)}, but the checkpoint's model_type is {model_type!r}; "
-                       f"drop `card` to detect the card from the checkpoint")
+        raise KitError(
+            f"{_describe(mp)}: the params name card {card.name!r} (`models[i].card`), which covers "
+            f"model_type {', '.join(card.model_types)}, but the checkpoint's model_type is {model_type!r}; "
+            f"drop `card` to detect the card from the checkpoint"
+        )
     return card
 
 
@@ -250,8 +320,9 @@ def load_model(mp: ModelParams, dtype=None, attn_implementation=None):
     attn = attn_implementation or mp.attn_implementation
     if attn:
         kw["attn_implementation"] = attn
-    return auto.from_pretrained(path, config=config, use_safetensors=True,
-                                dtype=resolve_dtype(dtype if dtype is not None else mp.dtype), **kw)
+    return auto.from_pretrained(
+        path, config=config, use_safetensors=True, dtype=resolve_dtype(dtype if dtype is not None else mp.dtype), **kw
+    )
 
 
 def load_causal_lm(path_or_tiny: str, *, dtype="auto", trust_remote_code: bool = False, tokenizer=None):
@@ -261,8 +332,9 @@ def load_causal_lm(path_or_tiny: str, *, dtype="auto", trust_remote_code: bool =
     the checkpoint's."""
     path = resolve_model_path(str(path_or_tiny))
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype=resolve_dtype(dtype),
-                                                 trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, use_safetensors=True, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+    )
     return model, tokenizer
 
 
@@ -283,8 +355,12 @@ def add_special_tokens(tokenizer, model) -> int:
     tokens' rows are set instead of shrinking the matrix), and when a pad token is added the model's (and its
     generation config's) ``pad_token_id`` follows it. Nothing changes when the tokenizer has all four.
     """
-    wanted = {"pad_token": DEFAULT_PAD_TOKEN, "eos_token": DEFAULT_EOS_TOKEN, "bos_token": DEFAULT_BOS_TOKEN,
-              "unk_token": DEFAULT_UNK_TOKEN}
+    wanted = {
+        "pad_token": DEFAULT_PAD_TOKEN,
+        "eos_token": DEFAULT_EOS_TOKEN,
+        "bos_token": DEFAULT_BOS_TOKEN,
+        "unk_token": DEFAULT_UNK_TOKEN,
+    }
     missing = {k: v for k, v in wanted.items() if getattr(tokenizer, k) is None}
     if not missing:
         return 0

@@ -43,8 +43,18 @@ from .rundir import NOTEBOOKS, RunDir
 
 HTML_TEMPLATE_DIR = Path(__file__).parent / "resources" / "templates" / "nbconvert"
 KERNEL_NAME = "llm4academic"
-VERSIONED = ("torch", "transformers", "accelerate", "datasets", "tokenizers", "pandas", "seaborn", "papermill",
-             "nbconvert", "pydantic")
+VERSIONED = (
+    "torch",
+    "transformers",
+    "accelerate",
+    "datasets",
+    "tokenizers",
+    "pandas",
+    "seaborn",
+    "papermill",
+    "nbconvert",
+    "pydantic",
+)
 
 
 class StudyFailed(KitError):
@@ -70,9 +80,15 @@ def environment_info() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    return {"versions": versions,
-            "platform": {"system": platform.platform(), "machine": platform.machine(),
-                         "cpus": os.cpu_count(), "node": platform.node()}}
+    return {
+        "versions": versions,
+        "platform": {
+            "system": platform.platform(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "node": platform.node(),
+        },
+    }
 
 
 def ensure_kernel() -> str:
@@ -84,9 +100,11 @@ def ensure_kernel() -> str:
         install_kernel(kernel_name=KERNEL_NAME, display_name="Python (llm4academic)", prefix=sys.prefix)
         spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
     if os.path.abspath(spec.argv[0]) != os.path.abspath(sys.executable):
-        raise KitError(f"the Jupyter kernel {KERNEL_NAME!r} ({spec.resource_dir}) runs {spec.argv[0]}, not this "
-                       f"environment's {sys.executable}. Re-register it: {sys.executable} -m ipykernel install "
-                       f"--sys-prefix --name {KERNEL_NAME}")
+        raise KitError(
+            f"the Jupyter kernel {KERNEL_NAME!r} ({spec.resource_dir}) runs {spec.argv[0]}, not this "
+            f"environment's {sys.executable}. Re-register it: {sys.executable} -m ipykernel install "
+            f"--sys-prefix --name {KERNEL_NAME}"
+        )
     return KERNEL_NAME
 
 
@@ -103,8 +121,11 @@ def _failure(nb_path: Path, timed_out: bool) -> dict[str, Any] | None:
     for i, cell in enumerate(nb.cells, 1):
         if cell.get("metadata", {}).get("papermill", {}).get("status") != want:
             continue
-        info: dict[str, Any] = {"cell": i, "execution_count": cell.get("execution_count"),
-                                "source": cell.source.strip().splitlines()[0][:200] if cell.source.strip() else ""}
+        info: dict[str, Any] = {
+            "cell": i,
+            "execution_count": cell.get("execution_count"),
+            "source": cell.source.strip().splitlines()[0][:200] if cell.source.strip() else "",
+        }
         for out in cell.get("outputs", []):
             if out.get("output_type") == "error":
                 info.update(ename=out.get("ename"), evalue=str(out.get("evalue"))[:2000])
@@ -131,21 +152,40 @@ def offline_notebook(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
 def render_html(nb_path: Path, html_path: Path, show_inputs: bool) -> None:
     """nbconvert's lab page without its CDN scripts (require.js, MathJax, the widget manager): tables and
     figures are inline, so the page reads offline."""
-    exporter = HTMLExporter(template_name="offline", extra_template_basedirs=[str(HTML_TEMPLATE_DIR)],
-                            exclude_input=not show_inputs, exclude_input_prompt=not show_inputs,
-                            exclude_output_prompt=not show_inputs)
+    exporter = HTMLExporter(
+        template_name="offline",
+        extra_template_basedirs=[str(HTML_TEMPLATE_DIR)],
+        exclude_input=not show_inputs,
+        exclude_input_prompt=not show_inputs,
+        exclude_output_prompt=not show_inputs,
+    )
     body, _ = exporter.from_notebook_node(offline_notebook(nbformat.read(nb_path, as_version=4)))
     atomic_write(html_path, body)
 
 
-def execute_notebook(src: Path, out: Path, parameters: dict, *, kernel: str, cwd: Path,
-                     timeout_s: int) -> dict[str, Any]:
+def execute_notebook(
+    src: Path, out: Path, parameters: dict, *, kernel: str, cwd: Path, timeout_s: int
+) -> dict[str, Any]:
     """Run one notebook with papermill in a child process; returns its status record (never raises on failure)."""
     partial = out.with_name(f".{out.stem}.partial{out.suffix}")
     partial.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "papermill", str(src), str(partial), "-k", kernel, "--cwd", str(cwd),
-           "-y", yaml.safe_dump(parameters, allow_unicode=True), "--progress-bar", "--log-level", "WARNING",
-           "--request-save-on-cell-execute"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(src),
+        str(partial),
+        "-k",
+        kernel,
+        "--cwd",
+        str(cwd),
+        "-y",
+        yaml.safe_dump(parameters, allow_unicode=True),
+        "--progress-bar",
+        "--log-level",
+        "WARNING",
+        "--request-save-on-cell-execute",
+    ]
     t0 = time.monotonic()
     started = now()
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=None, text=True)
@@ -168,8 +208,11 @@ def execute_notebook(src: Path, out: Path, parameters: dict, *, kernel: str, cwd
         rec["status"] = "timeout" if timed_out else "failed"
         cell = _failure(partial, timed_out) if partial.exists() else None
         if timed_out:
-            rec["error"] = {**(cell or {}), "ename": "Timeout",
-                            "evalue": f"stopped after {timeout_s} s (report.notebook_timeout_s)"}
+            rec["error"] = {
+                **(cell or {}),
+                "ename": "Timeout",
+                "evalue": f"stopped after {timeout_s} s (report.notebook_timeout_s)",
+            }
         else:
             tail = "\n".join((stdout or "").strip().splitlines()[-5:])
             rec["error"] = cell or {"ename": "PapermillError", "evalue": tail or f"exit code {proc.returncode}"}
@@ -181,9 +224,14 @@ def execute_notebook(src: Path, out: Path, parameters: dict, *, kernel: str, cwd
 # --------------------------------------------------------------------------------------------- the study
 
 
-def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = (),
-              only: list[str] | None = None, reports_dir: str | os.PathLike | None = None,
-              notebooks: str | os.PathLike | None = None, quiet: bool = False) -> dict[str, Any]:
+def run_study(
+    params_path: str | os.PathLike,
+    overrides: list[str] | tuple[str, ...] = (),
+    only: list[str] | None = None,
+    reports_dir: str | os.PathLike | None = None,
+    notebooks: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """Run a study's notebooks in order and write its report; returns the manifest.
 
     Raises ``ConfigError`` before running anything when the params are invalid, and ``StudyFailed`` (after the
@@ -199,8 +247,9 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
             raise KitError(f"--only: unknown step(s) {', '.join(unknown)}; steps are {', '.join(STEPS)}")
         steps = [s for s in steps if s in only]
         if not steps:
-            raise KitError(f"--only {','.join(only)}: none of these is among the study's steps "
-                           f"({', '.join(params.steps)})")
+            raise KitError(
+                f"--only {','.join(only)}: none of these is among the study's steps ({', '.join(params.steps)})"
+            )
     nb_dir = Path(notebooks) if notebooks else notebooks_dir()
     rd = RunDir((Path(reports_dir) if reports_dir else default_reports_dir()).resolve() / params.name)
     rd.artifacts.mkdir(parents=True, exist_ok=True)
@@ -218,8 +267,10 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
         "seed": params.seed,
         "git": git_info(),
         **environment_info(),
-        "data_files": [{"source": s.name, "path": s.path, "bytes": Path(s.path).stat().st_size,
-                        "sha256": sha256_file(s.path)} for s in params.data.sources],
+        "data_files": [
+            {"source": s.name, "path": s.path, "bytes": Path(s.path).stat().st_size, "sha256": sha256_file(s.path)}
+            for s in params.data.sources
+        ],
         "started": now(),
         "ended": None,
         "status": "running",
@@ -239,8 +290,16 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
             entry["status"] = "not run"
         else:
             say(f"[{i}/{len(params.steps)}] {name} …")
-            entry.update(execute_notebook(nb_dir / name, rd.notebook(step), parameters, kernel=kernel, cwd=rd.root,
-                                          timeout_s=params.report.notebook_timeout_s))
+            entry.update(
+                execute_notebook(
+                    nb_dir / name,
+                    rd.notebook(step),
+                    parameters,
+                    kernel=kernel,
+                    cwd=rd.root,
+                    timeout_s=params.report.notebook_timeout_s,
+                )
+            )
             if rd.notebook(step).exists():
                 render_html(rd.notebook(step), rd.html(step), params.report.show_inputs)
             if entry["status"] != "ok":
@@ -256,11 +315,16 @@ def run_study(params_path: str | os.PathLike, overrides: list[str] | tuple[str, 
     atomic_write(rd.index, render_index(manifest, rd))
     if failed:
         err = failed.get("error") or {}
-        where = f"cell {err['cell']} (In [{err.get('execution_count')}]): {err.get('source', '')}" \
-            if err.get("cell") else "before any cell finished"
-        raise StudyFailed(f"notebook {failed['notebook']} {failed['status']} at {where}\n"
-                          f"  {err.get('ename', 'Error')}: {err.get('evalue', '')}\n"
-                          f"  report: {rd.index} · executed notebook: {rd.root / failed['ipynb']}")
+        where = (
+            f"cell {err['cell']} (In [{err.get('execution_count')}]): {err.get('source', '')}"
+            if err.get("cell")
+            else "before any cell finished"
+        )
+        raise StudyFailed(
+            f"notebook {failed['notebook']} {failed['status']} at {where}\n"
+            f"  {err.get('ename', 'Error')}: {err.get('evalue', '')}\n"
+            f"  report: {rd.index} · executed notebook: {rd.root / failed['ipynb']}"
+        )
     say(f"Report: {rd.index}")
     return manifest
 
@@ -281,8 +345,11 @@ def _quiet_read(reader, *args) -> Any:
 
 def _previous_notebooks(rd: RunDir) -> dict[str, dict]:
     old = _quiet_read(rd.read_manifest) or {}
-    return {nb["notebook"]: {k: v for k, v in nb.items() if k != "from_previous_run"}
-            for nb in old.get("notebooks", []) if nb.get("status") in ("ok", "failed", "timeout")}
+    return {
+        nb["notebook"]: {k: v for k, v in nb.items() if k != "from_previous_run"}
+        for nb in old.get("notebooks", [])
+        if nb.get("status") in ("ok", "failed", "timeout")
+    }
 
 
 # --------------------------------------------------------------------------------------------- index.html
@@ -297,9 +364,16 @@ def _train_summaries(rd: RunDir) -> list[dict] | None:
     for entry in index:
         summary = _quiet_read(rd.read_train_summary, entry["model"]) or {}
         stats = _quiet_read(rd.read_data_stats, entry["model"]) or {}
-        out.append({**entry, "first_loss": summary.get("first_loss"), "total_steps": summary.get("total_steps"),
-                    "fsdp": summary.get("fsdp"), "packing_efficiency": (stats.get("pack") or {}).get("efficiency"),
-                    "padded_efficiency": stats.get("padded_efficiency")})
+        out.append(
+            {
+                **entry,
+                "first_loss": summary.get("first_loss"),
+                "total_steps": summary.get("total_steps"),
+                "fsdp": summary.get("fsdp"),
+                "packing_efficiency": (stats.get("pack") or {}).get("efficiency"),
+                "padded_efficiency": stats.get("padded_efficiency"),
+            }
+        )
     return out
 
 
@@ -311,25 +385,40 @@ def render_index(manifest: dict[str, Any], run_dir: str | os.PathLike | RunDir) 
     """The study's front page: what was studied, the headline leaderboard, each notebook's status, and the
     manifest in readable form. Everything is escaped (autoescape): model output and Z-Bench text stay text."""
     rd = RunDir(run_dir)
-    return _templates().get_template("index.html.j2").render(
-        m=manifest, explore=_quiet_read(rd.read_explore_summary), headline=_quiet_read(rd.read_headline),
-        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False), manifest_href=rd.relative(rd.manifest))
+    return (
+        _templates()
+        .get_template("index.html.j2")
+        .render(
+            m=manifest,
+            explore=_quiet_read(rd.read_explore_summary),
+            headline=_quiet_read(rd.read_headline),
+            manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False),
+            manifest_href=rd.relative(rd.manifest),
+        )
+    )
 
 
 # --------------------------------------------------------------------------------------------- several studies
 
 
-def run_comparison(study_dirs: list[str | os.PathLike], out: str | os.PathLike | None = None, *,
-                   timeout_s: int = 3600, notebooks: str | os.PathLike | None = None,
-                   quiet: bool = False) -> dict[str, Any]:
+def run_comparison(
+    study_dirs: list[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    *,
+    timeout_s: int = 3600,
+    notebooks: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
     """``04_compare_models`` over finished studies (e.g. the seed's recipes run separately on a cluster) →
     ``<out>/index.html``. Refuses (``CompareError``, before running anything) studies whose Z-Bench slices,
     scorers or judges differ."""
     setup_environment()
     dirs = [Path(d).resolve() for d in study_dirs]
     if len(dirs) < 2:
-        raise KitError("compare: give at least two study report folders (reports/<study> …); a single study "
-                       "already has its comparison notebook")
+        raise KitError(
+            "compare: give at least two study report folders (reports/<study> …); a single study "
+            "already has its comparison notebook"
+        )
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
         raise KitError(f"compare: no such report folder: {', '.join(missing)}")
@@ -341,33 +430,65 @@ def run_comparison(study_dirs: list[str | os.PathLike], out: str | os.PathLike |
     rd.artifacts.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
     manifest: dict[str, Any] = {
-        "kind": "comparison", "study": rd.root.name, "status": "running", "started": now(), "ended": None,
-        "studies": [{"study": s.name, "run_dir": str(s.run_dir),
-                     "index": os.path.relpath(RunDir(s.run_dir).index, rd.root), "seed": s.seed,
-                     "models": [s.renamed[m] for m in s.study_models],
-                     "git": (s.manifest or {}).get("git"), "started": (s.manifest or {}).get("started"),
-                     "evaluate": {k: s.evaluate.get(k) for k in ("splits", "limit", "scorers", "generation",
-                                                                  "judge")}} for s in studies],
-        "git": git_info(), **environment_info(), "notebooks": []}
+        "kind": "comparison",
+        "study": rd.root.name,
+        "status": "running",
+        "started": now(),
+        "ended": None,
+        "studies": [
+            {
+                "study": s.name,
+                "run_dir": str(s.run_dir),
+                "index": os.path.relpath(RunDir(s.run_dir).index, rd.root),
+                "seed": s.seed,
+                "models": [s.renamed[m] for m in s.study_models],
+                "git": (s.manifest or {}).get("git"),
+                "started": (s.manifest or {}).get("started"),
+                "evaluate": {k: s.evaluate.get(k) for k in ("splits", "limit", "scorers", "generation", "judge")},
+            }
+            for s in studies
+        ],
+        "git": git_info(),
+        **environment_info(),
+        "notebooks": [],
+    }
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     say(f"comparing {', '.join(names)} → {rd.root}")
     entry = _entry(rd, "compare")
     name = entry["notebook"]
     params = {"params_path": "", "run_dir": str(rd.root), "overrides": [], "studies": [str(d) for d in dirs]}
-    entry.update(execute_notebook((Path(notebooks) if notebooks else notebooks_dir()) / name, rd.notebook("compare"),
-                                  params, kernel=kernel, cwd=rd.root, timeout_s=timeout_s))
+    entry.update(
+        execute_notebook(
+            (Path(notebooks) if notebooks else notebooks_dir()) / name,
+            rd.notebook("compare"),
+            params,
+            kernel=kernel,
+            cwd=rd.root,
+            timeout_s=timeout_s,
+        )
+    )
     if rd.notebook("compare").exists():
         render_html(rd.notebook("compare"), rd.html("compare"), False)
     manifest["notebooks"].append(entry)
     manifest["ended"] = now()
     manifest["status"] = "ok" if entry["status"] == "ok" else "failed"
     rd.write_manifest(manifest)
-    atomic_write(rd.index, _templates().get_template("compare_index.html.j2").render(
-        m=manifest, headline=_quiet_read(rd.read_headline),
-        manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False), manifest_href=rd.relative(rd.manifest)))
+    atomic_write(
+        rd.index,
+        _templates()
+        .get_template("compare_index.html.j2")
+        .render(
+            m=manifest,
+            headline=_quiet_read(rd.read_headline),
+            manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False),
+            manifest_href=rd.relative(rd.manifest),
+        ),
+    )
     if entry["status"] != "ok":
         err = entry.get("error") or {}
-        raise StudyFailed(f"notebook {name} {entry['status']}: {err.get('ename', 'Error')}: {err.get('evalue', '')}"
-                          f"\n  report: {rd.index}")
+        raise StudyFailed(
+            f"notebook {name} {entry['status']}: {err.get('ename', 'Error')}: {err.get('evalue', '')}"
+            f"\n  report: {rd.index}"
+        )
     say(f"Report: {rd.index}")
     return manifest

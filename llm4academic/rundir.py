@@ -31,11 +31,22 @@ import pandas as pd
 from .base import atomic_write, read_json, write_json
 
 # The step notebooks, in the order they run (the source files under notebooks/ carry the same names).
-NOTEBOOKS: dict[str, str] = {"explore": "01_explore_data.ipynb", "train": "02_train_fsdp.ipynb",
-                             "evaluate": "03_evaluate_zbench.ipynb", "compare": "04_compare_models.ipynb"}
+NOTEBOOKS: dict[str, str] = {
+    "explore": "01_explore_data.ipynb",
+    "train": "02_train_fsdp.ipynb",
+    "evaluate": "03_evaluate_zbench.ipynb",
+    "compare": "04_compare_models.ipynb",
+}
 EVALUATE_TABLES: tuple[str, ...] = ("scores", "answers", "judge", "pairwise")  # parquet, under artifacts/evaluate/
-COMPARE_TABLES: tuple[str, ...] = ("leaderboard", "by_tag", "deltas", "findings", "length_bias", "primary_scores",
-                                   "judge_agreement")  # CSV, under artifacts/compare/
+COMPARE_TABLES: tuple[str, ...] = (
+    "leaderboard",
+    "by_tag",
+    "deltas",
+    "findings",
+    "length_bias",
+    "primary_scores",
+    "judge_agreement",
+)  # CSV, under artifacts/compare/
 
 
 class RunDir:

@@ -78,11 +78,11 @@ def framing(tokenizer) -> Framing:
         raise ValueError(f"{type(tokenizer).__name__} has no eos_token_id: SFT needs one to end every reply")
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     framed = tokenizer("a")["input_ids"]
-    start = next((i for i in range(len(framed) - len(bare) + 1) if framed[i:i + len(bare)] == bare), None)
+    start = next((i for i in range(len(framed) - len(bare) + 1) if framed[i : i + len(bare)] == bare), None)
     if start is None:
         raise ValueError(f"cannot find how {type(tokenizer).__name__} frames a text: {framed} vs {bare}")
     anchor = tokenizer(ANCHOR, add_special_tokens=False)["input_ids"]
-    return Framing(tuple(framed[:start]), tuple(framed[start + len(bare):]), tuple(anchor), tokenizer.eos_token_id)
+    return Framing(tuple(framed[:start]), tuple(framed[start + len(bare) :]), tuple(anchor), tokenizer.eos_token_id)
 
 
 def encode_segments(tokenizer, texts: list[list[str]], fr: Framing) -> list[list[list[int]]]:
@@ -195,8 +195,15 @@ def _report(ds: datasets.Dataset, report: TokenizeReport) -> datasets.Dataset:
     return ds.remove_columns(list(HELPER_COLUMNS))
 
 
-def tokenize_records(ds: datasets.Dataset, tokenizer, template: str, max_length: int, *, seq2seq: bool = False,
-                     num_proc: int | None = None) -> tuple[datasets.Dataset, TokenizeReport]:
+def tokenize_records(
+    ds: datasets.Dataset,
+    tokenizer,
+    template: str,
+    max_length: int,
+    *,
+    seq2seq: bool = False,
+    num_proc: int | None = None,
+) -> tuple[datasets.Dataset, TokenizeReport]:
     """Unified records → ``id, input_ids, labels`` (+ ``attention_mask`` for seq2seq) and a ``TokenizeReport``.
 
     Causal: one sequence (the tokenizer's leading special tokens, not its trailing ones), prompt labels -100, EOS
@@ -205,10 +212,21 @@ def tokenize_records(ds: datasets.Dataset, tokenizer, template: str, max_length:
     T5 appends ``</s>``), labels = last reply + EOS id; each side cut at ``max_length``.
     """
     get_template(template)
-    kwargs = {"tokenizer": tokenizer, "template": template, "max_length": max_length, "fr": framing(tokenizer),
-              "seq2seq": seq2seq}
-    out = ds.map(_tokenize_batch, batched=True, num_proc=num_proc, remove_columns=ds.column_names,
-                 fn_kwargs=kwargs, desc=f"tokenise ({template})")
+    kwargs = {
+        "tokenizer": tokenizer,
+        "template": template,
+        "max_length": max_length,
+        "fr": framing(tokenizer),
+        "seq2seq": seq2seq,
+    }
+    out = ds.map(
+        _tokenize_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=ds.column_names,
+        fn_kwargs=kwargs,
+        desc=f"tokenise ({template})",
+    )
     report = TokenizeReport(template=template, max_length=max_length, seq2seq=seq2seq)
     return _report(out, report), report
 
@@ -285,8 +303,9 @@ def _packed_row(members: list[int], ids: list[list[int]], labels: list[list[int]
     return row
 
 
-def pack(ds: datasets.Dataset, max_length: int, *, drop_last_partial: bool = False
-         ) -> tuple[datasets.Dataset, PackReport]:
+def pack(
+    ds: datasets.Dataset, max_length: int, *, drop_last_partial: bool = False
+) -> tuple[datasets.Dataset, PackReport]:
     """Tokenised causal examples → rows ``input_ids, labels, position_ids, seq_lens`` of at most ``max_length``.
 
     No example is split across rows; each example's first label is -100 (the model never predicts it from the
@@ -314,8 +333,10 @@ def packing_problem(config) -> str | None:
     if getattr(config, "is_encoder_decoder", False):
         return "packing is for decoder-only models; seq2seq models use PaddedCollator"
     if getattr(config, "model_type", None) == "bloom":
-        return ("BLOOM builds its ALiBi bias from a 2D attention mask and rejects the 4D block-diagonal one; "
-                "use PaddedCollator (padding mode) for BLOOM")
+        return (
+            "BLOOM builds its ALiBi bias from a 2D attention mask and rejects the 4D block-diagonal one; "
+            "use PaddedCollator (padding mode) for BLOOM"
+        )
     return None
 
 
@@ -330,15 +351,16 @@ def _round_up(n: int, multiple: int | None) -> int:
     return -(-n // multiple) * multiple if multiple else n
 
 
-def block_causal_mask(seq_lens: Sequence[Sequence[int]], length: int, dtype: torch.dtype = torch.float32
-                      ) -> torch.Tensor:
+def block_causal_mask(
+    seq_lens: Sequence[Sequence[int]], length: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Additive (batch, 1, length, length) mask: 0 where a token may attend (earlier or same token of its own
     example), dtype-min elsewhere. Padding tokens attend only to themselves (no fully blocked row, no NaN)."""
     seg = torch.empty(len(seq_lens), length, dtype=torch.long)
     for b, lens in enumerate(seq_lens):
         ids = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(list(lens), dtype=torch.long))
-        seg[b, :len(ids)] = ids
-        seg[b, len(ids):] = -1 - torch.arange(length - len(ids))  # each pad token its own block
+        seg[b, : len(ids)] = ids
+        seg[b, len(ids) :] = -1 - torch.arange(length - len(ids))  # each pad token its own block
     causal = torch.ones(length, length, dtype=torch.bool).tril()
     allowed = (seg[:, :, None] == seg[:, None, :]) & causal
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
@@ -358,9 +380,15 @@ def flatten_for_flash(features: Sequence[dict]) -> dict:
         positions += [p for n in f_lens for p in range(n)]
         lens += f_lens
     cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
-    return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-            "position_ids": torch.tensor([positions]), "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
-            "max_length_q": max(lens), "max_length_k": max(lens)}
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([positions]),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": max(lens),
+        "max_length_k": max(lens),
+    }
 
 
 class PackedCollator:
@@ -368,8 +396,14 @@ class PackedCollator:
     additive block-diagonal causal ``attention_mask`` in ``dtype`` (the model's compute dtype, e.g. bfloat16).
     ``flash_attention_2``/``_3``: ``flatten_for_flash``."""
 
-    def __init__(self, pad_token_id: int, *, attn_implementation: str | None = "sdpa",
-                 dtype: torch.dtype = torch.float32, pad_to_multiple_of: int | None = None):
+    def __init__(
+        self,
+        pad_token_id: int,
+        *,
+        attn_implementation: str | None = "sdpa",
+        dtype: torch.dtype = torch.float32,
+        pad_to_multiple_of: int | None = None,
+    ):
         self.pad_token_id = pad_token_id
         self.attn_implementation = attn_implementation
         self.dtype = dtype
@@ -379,10 +413,12 @@ class PackedCollator:
         if self.attn_implementation in FLASH_ATTENTION:
             return flatten_for_flash(features)
         length = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
-        return {"input_ids": _pad([f["input_ids"] for f in features], self.pad_token_id, length),
-                "labels": _pad([f["labels"] for f in features], IGNORE_INDEX, length),
-                "position_ids": _pad([f["position_ids"] for f in features], 0, length),
-                "attention_mask": block_causal_mask([f["seq_lens"] for f in features], length, self.dtype)}
+        return {
+            "input_ids": _pad([f["input_ids"] for f in features], self.pad_token_id, length),
+            "labels": _pad([f["labels"] for f in features], IGNORE_INDEX, length),
+            "position_ids": _pad([f["position_ids"] for f in features], 0, length),
+            "attention_mask": block_causal_mask([f["seq_lens"] for f in features], length, self.dtype),
+        }
 
 
 class PaddedCollator:
@@ -404,8 +440,11 @@ class PaddedCollator:
         labels = [f["labels"] for f in features]
         n = self._longest(ids)
         m = self._longest(labels) if "attention_mask" in features[0] else n
-        return {"input_ids": _pad(ids, self.pad_token_id, n), "labels": _pad(labels, IGNORE_INDEX, m),
-                "attention_mask": _pad([[1] * len(r) for r in ids], 0, n)}
+        return {
+            "input_ids": _pad(ids, self.pad_token_id, n),
+            "labels": _pad(labels, IGNORE_INDEX, m),
+            "attention_mask": _pad([[1] * len(r) for r in ids], 0, n),
+        }
 
 
 # --------------------------------------------------------------------------------------------- batches, efficiency
@@ -415,11 +454,12 @@ def random_batches(n: int, batch_size: int, seed: int) -> list[list[int]]:
     """stanford's sampler: a seeded shuffle cut into batches of ``batch_size`` (last one may be short)."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, mega_batch_mult: int = 50
-                           ) -> list[list[int]]:
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, seed: int, mega_batch_mult: int = 50
+) -> list[list[int]]:
     """Batches of similar lengths (transformers' LengthGroupedSampler idea): shuffle, cut into mega-batches of
     ``batch_size × mega_batch_mult``, sort each by length, cut into batches, shuffle the batches; the batch holding
     the longest example goes first (out-of-memory shows at once)."""
@@ -429,8 +469,8 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int, m
     mega = batch_size * mega_batch_mult
     batches = []
     for start in range(0, len(order), mega):
-        group = sorted(order[start:start + mega], key=lambda i: -lengths[i])
-        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+        group = sorted(order[start : start + mega], key=lambda i: -lengths[i])
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
     rng.shuffle(batches)
     if batches:
         top = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))

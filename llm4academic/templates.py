@@ -73,16 +73,32 @@ def _belle_turn(text: str, first: bool) -> str:
     return f"Human: {text}\n\nAssistant: "
 
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (
-    Template("alpaca", "stanford_alpaca's PROMPT_DICT (### Instruction / ### Input / ### Response:)",
-             _alpaca_single, lambda system: f"{system or ALPACA_HEADER}\n\n",
-             _alpaca_turn),
-    Template("belle", "BELLE's 'Human: {instruction}\\n\\nAssistant: ' turns",
-             lambda instruction, input_: f"Human: {_join(instruction, input_)}\n\nAssistant: ",
-             _blank_line_after, _belle_turn),
-    Template("plain", "instruction (newline input), then the reply directly (T5's encoder text)",
-             _join, _blank_line_after, lambda text, first: text if first else f"\n{text}"),
-)}
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(
+            "alpaca",
+            "stanford_alpaca's PROMPT_DICT (### Instruction / ### Input / ### Response:)",
+            _alpaca_single,
+            lambda system: f"{system or ALPACA_HEADER}\n\n",
+            _alpaca_turn,
+        ),
+        Template(
+            "belle",
+            "BELLE's 'Human: {instruction}\\n\\nAssistant: ' turns",
+            lambda instruction, input_: f"Human: {_join(instruction, input_)}\n\nAssistant: ",
+            _blank_line_after,
+            _belle_turn,
+        ),
+        Template(
+            "plain",
+            "instruction (newline input), then the reply directly (T5's encoder text)",
+            _join,
+            _blank_line_after,
+            lambda text, first: text if first else f"\n{text}",
+        ),
+    )
+}
 
 
 def get_template(name: str) -> Template:
@@ -95,7 +111,7 @@ def _dialogue(turns: list[dict], tpl: Template) -> list[Segment]:
     """Segments of a conversation: adjacent non-trainable text merged, every assistant reply its own segment."""
     has_system = bool(turns) and turns[0]["role"] == "system"
     pending, first, out = tpl.preamble(turns[0]["content"] if has_system else ""), True, []
-    for turn in turns[int(has_system):]:
+    for turn in turns[int(has_system) :]:
         if turn["role"] == "assistant":
             out += [(pending, False), (turn["content"], True)]
             pending = ""

@@ -62,16 +62,24 @@ def build_dataset(params: StudyParams, mp: ModelParams, run_dir: str | Path) -> 
     tokenizer = models.load_tokenizer(mp)
     card = models.model_card(mp)
     template = mp.template or card.template
-    tokenized, tok_report = sft.tokenize_records(records, tokenizer, template, tp.max_length,
-                                                 seq2seq=card.kind != "causal")
-    stats: dict[str, Any] = {"model": mp.name, "card": card.name, "template": template, "records": len(records),
-                             "tokenize": tok_report.to_dict(), "packing": False}
+    tokenized, tok_report = sft.tokenize_records(
+        records, tokenizer, template, tp.max_length, seq2seq=card.kind != "causal"
+    )
+    stats: dict[str, Any] = {
+        "model": mp.name,
+        "card": card.name,
+        "template": template,
+        "records": len(records),
+        "tokenize": tok_report.to_dict(),
+        "packing": False,
+    }
     config = SimpleNamespace(**models.read_config(mp))
     problem = sft.packing_problem(config) if tp.packing else "train.packing: false"
     stats["padding_reason"] = problem
     lengths = [len(x) for x in tokenized.select_columns(["input_ids"]).to_dict()["input_ids"]]
     stats["padded_efficiency"] = sft.token_efficiency(
-        [[lengths[i] for i in b] for b in sft.random_batches(len(lengths), tp.per_device_batch_size, params.seed)])
+        [[lengths[i] for i in b] for b in sft.random_batches(len(lengths), tp.per_device_batch_size, params.seed)]
+    )
     if problem is None:
         stats["packing"] = True
         tokenized, pack_report = sft.pack(tokenized, tp.max_length)
@@ -93,8 +101,9 @@ def _loader(ds, tp, collator, seed: int):
         lengths = [len(x) for x in ds.select_columns(["input_ids"]).to_dict()["input_ids"]]
         batches = sft.length_grouped_batches(lengths, tp.per_device_batch_size, seed)
         return DataLoader(ds, batch_sampler=batches, collate_fn=collator)
-    return DataLoader(ds, batch_size=tp.per_device_batch_size, shuffle=True, generator=g, collate_fn=collator,
-                      drop_last=False)
+    return DataLoader(
+        ds, batch_size=tp.per_device_batch_size, shuffle=True, generator=g, collate_fn=collator, drop_last=False
+    )
 
 
 def worker(job: dict) -> None:
@@ -117,15 +126,18 @@ def worker(job: dict) -> None:
         model = _apply_lora(model, tp.lora, card)
     ds = sft_dataset(rd.dataset(mp.name))
     dtype = next(model.parameters()).dtype
-    collator = _Counting(sft.PackedCollator(tokenizer.pad_token_id, attn_implementation=mp.attn_implementation
-                                            or "sdpa", dtype=dtype) if "seq_lens" in ds.column_names
-                         else sft.PaddedCollator(tokenizer))
+    collator = _Counting(
+        sft.PackedCollator(tokenizer.pad_token_id, attn_implementation=mp.attn_implementation or "sdpa", dtype=dtype)
+        if "seq_lens" in ds.column_names
+        else sft.PaddedCollator(tokenizer)
+    )
     loader = _loader(ds, tp, collator, params.seed)
     full_size = sum(p.numel() for p in model.parameters())
 
     def adamw(m):
-        return torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=tp.learning_rate,
-                                 weight_decay=tp.weight_decay)
+        return torch.optim.AdamW(
+            [p for p in m.parameters() if p.requires_grad], lr=tp.learning_rate, weight_decay=tp.weight_decay
+        )
 
     if tp.fsdp.enabled and tp.fsdp.version == 1:  # FSDP1: the optimizer must see the wrapped (flat) parameters
         model = acc.prepare(model)
@@ -134,8 +146,9 @@ def worker(job: dict) -> None:
         model, optimizer, loader = acc.prepare(model, adamw(model), loader)
     steps_per_epoch = math.ceil(len(loader) / tp.gradient_accumulation_steps)
     total = min(tp.max_steps or 10**12, math.ceil(steps_per_epoch * tp.num_epochs))
-    scheduler = get_scheduler(tp.lr_scheduler, optimizer, num_warmup_steps=math.ceil(tp.warmup_ratio * total),
-                              num_training_steps=total)
+    scheduler = get_scheduler(
+        tp.lr_scheduler, optimizer, num_warmup_steps=math.ceil(tp.warmup_ratio * total), num_training_steps=total
+    )
     check = fsdp_report(acc, model, full_size)
     if acc.is_main_process:
         atomic_write(rd.fsdp(mp.name), json.dumps(check, indent=2))
@@ -150,7 +163,7 @@ def worker(job: dict) -> None:
     while not done:
         loader.set_epoch(state["epoch"])
         skip = state["batches_in_epoch"]
-        for batch in (acc.skip_first_batches(loader, skip) if skip else loader):
+        for batch in acc.skip_first_batches(loader, skip) if skip else loader:
             real_tokens = batch.pop("num_tokens")
             with acc.accumulate(model):
                 loss = model(**batch).loss
@@ -181,9 +194,21 @@ def worker(job: dict) -> None:
         return
     final = save_final(acc, model, tokenizer, rd.final(mp.name), card, tp.lora.save if tp.method == "lora" else None)
     if acc.is_main_process:
-        atomic_write(rd.train_summary(mp.name), json.dumps(
-            {"model": mp.name, "card": card.name, "steps": state["step"], "total_steps": total, "final": str(final),
-             "fsdp": check, **log.summary()}, indent=2))
+        atomic_write(
+            rd.train_summary(mp.name),
+            json.dumps(
+                {
+                    "model": mp.name,
+                    "card": card.name,
+                    "steps": state["step"],
+                    "total_steps": total,
+                    "final": str(final),
+                    "fsdp": check,
+                    **log.summary(),
+                },
+                indent=2,
+            ),
+        )
     acc.wait_for_everyone()
 
 
@@ -214,8 +239,9 @@ def _share_t5_embeddings(model) -> None:
 
 def _apply_lora(model, lp, card):
     task = TaskType.CAUSAL_LM if card.kind == "causal" else TaskType.SEQ_2_SEQ_LM
-    cfg = LoraConfig(task_type=task, r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout,
-                     target_modules=lp.target_modules)
+    cfg = LoraConfig(
+        task_type=task, r=lp.r, lora_alpha=lp.alpha, lora_dropout=lp.dropout, target_modules=lp.target_modules
+    )
     return get_peft_model(model, cfg)
 
 
@@ -240,9 +266,16 @@ class _MetricsLog:
         loss = self.acc.reduce(torch.stack(self.losses).mean(), reduction="mean").item()
         tokens = self.acc.reduce(torch.tensor(self.all_tokens), reduction="sum").item()
         elapsed = time.perf_counter() - self.t0
-        row = {"step": state["step"], "epoch": state["epoch"], "loss": loss, "lr": lr,
-               "grad_norm": float(grad_norm) if grad_norm is not None else None,
-               "tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed if elapsed else None}
+        row = {
+            "step": state["step"],
+            "epoch": state["epoch"],
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens": tokens,
+            "seconds": elapsed,
+            "tokens_per_s": tokens / elapsed if elapsed else None,
+        }
         row["mfu"] = _mfu(model, row["tokens_per_s"], self.acc.num_processes)
         self.first_loss = loss if self.first_loss is None else self.first_loss
         self.last_loss = loss
@@ -275,30 +308,44 @@ def _mfu(model, tokens_per_s, world: int) -> float | None:
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     if peak is None:
         return None
-    n = sum(p.numel() for p in model.parameters()) * (world if any(hasattr(p, "to_local") for p in
-                                                                  model.parameters()) else 1)
+    n = sum(p.numel() for p in model.parameters()) * (
+        world if any(hasattr(p, "to_local") for p in model.parameters()) else 1
+    )
     return 6 * n * tokens_per_s / (peak * world)
 
 
 # --------------------------------------------------------------------------------------------- launching
 
 
-def launch(params_path: str | Path, run_dir: str | Path, model: str, overrides: list[str] | tuple = (),
-           stop_after: int | None = None) -> dict:
+def launch(
+    params_path: str | Path,
+    run_dir: str | Path,
+    model: str,
+    overrides: list[str] | tuple = (),
+    stop_after: int | None = None,
+) -> dict:
     """Build the dataset, then run ``worker`` in ``train.num_processes`` processes via accelerate's
     ``notebook_launcher`` (never an ``Accelerator`` in this process). Returns the run's summary."""
     setup_environment()
     params = load_params(params_path, overrides)
     mp = params.model(model)
     stats = build_dataset(params, mp, run_dir)
-    job = {"params_path": str(Path(params_path).resolve()), "overrides": list(overrides),
-           "run_dir": str(Path(run_dir).resolve()), "model": model, "stop_after": stop_after}
+    job = {
+        "params_path": str(Path(params_path).resolve()),
+        "overrides": list(overrides),
+        "run_dir": str(Path(run_dir).resolve()),
+        "model": model,
+        "stop_after": stop_after,
+    }
 
     n = params.train.num_processes
     cpu = trains_on_cpu(params.train)
-    print(f"Training {model}: {n} worker process(es) on {'CPU (gloo)' if cpu else 'GPU'} "
-          f"({'FSDP' + str(params.train.fsdp.version) if params.train.fsdp.enabled else 'DDP'}); accelerate's "
-          "launcher below may call them CUDAs either way.", flush=True)
+    print(
+        f"Training {model}: {n} worker process(es) on {'CPU (gloo)' if cpu else 'GPU'} "
+        f"({'FSDP' + str(params.train.fsdp.version) if params.train.fsdp.enabled else 'DDP'}); accelerate's "
+        "launcher below may call them CUDAs either way.",
+        flush=True,
+    )
     notebook_launcher(worker, args=(job,), num_processes=n, use_port=str(params.train.main_process_port))
     summary = RunDir(run_dir).read_train_summary(model) or {}
     return {**summary, "data": stats}
@@ -311,8 +358,9 @@ def launch_all(params_path: str | Path, run_dir: str | Path, overrides: list[str
     return {mp.name: launch(params_path, run_dir, mp.name, overrides) for mp in params.trained_models}
 
 
-def run_distributed(params_path: str | Path, run_dir: str | Path, model: str | None,
-                    overrides: list[str] | tuple = ()) -> None:
+def run_distributed(
+    params_path: str | Path, run_dir: str | Path, model: str | None, overrides: list[str] | tuple = ()
+) -> None:
     """``llm4academic train``: this process is one of the workers that ``accelerate launch`` / torchrun started.
     The local main process of each node builds the dataset first; then every process runs ``worker``."""
     params = load_params(params_path, overrides)
@@ -326,8 +374,14 @@ def run_distributed(params_path: str | Path, run_dir: str | Path, model: str | N
     with state.local_main_process_first():
         if state.is_local_main_process:
             build_dataset(params, mp, run_dir)
-    worker({"params_path": str(Path(params_path).resolve()), "overrides": list(overrides),
-            "run_dir": str(Path(run_dir).resolve()), "model": model})
+    worker(
+        {
+            "params_path": str(Path(params_path).resolve()),
+            "overrides": list(overrides),
+            "run_dir": str(Path(run_dir).resolve()),
+            "model": model,
+        }
+    )
     state.destroy_process_group()
 
 
@@ -340,19 +394,35 @@ def data_stats_table(results: dict):
     for name, r in results.items():
         d = r.get("data", {})
         tok, pack = d.get("tokenize", {}), d.get("pack", {})
-        rows.append({"model": name, "template": d.get("template"), "records": d.get("records"),
-                     "packing": d.get("packing"), "padding_reason": d.get("padding_reason"),
-                     "efficiency (packed)": pack.get("efficiency"),
-                     "efficiency (stanford padded batches)": d.get("padded_efficiency"),
-                     **{f"tokenize.{k}": v for k, v in tok.items() if k not in ("template", "max_length")},
-                     **{f"pack.{k}": v for k, v in pack.items() if k not in ("efficiency", "max_length")}})
+        rows.append(
+            {
+                "model": name,
+                "template": d.get("template"),
+                "records": d.get("records"),
+                "packing": d.get("packing"),
+                "padding_reason": d.get("padding_reason"),
+                "efficiency (packed)": pack.get("efficiency"),
+                "efficiency (stanford padded batches)": d.get("padded_efficiency"),
+                **{f"tokenize.{k}": v for k, v in tok.items() if k not in ("template", "max_length")},
+                **{f"pack.{k}": v for k, v in pack.items() if k not in ("efficiency", "max_length")},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def fsdp_table(results: dict):
-    return pd.DataFrame([{"model": name, **r.get("fsdp", {}), "steps": r.get("steps"),
-                          "first_loss": r.get("first_loss"), "last_loss": r.get("last_loss")}
-                         for name, r in results.items()])
+    return pd.DataFrame(
+        [
+            {
+                "model": name,
+                **r.get("fsdp", {}),
+                "steps": r.get("steps"),
+                "first_loss": r.get("first_loss"),
+                "last_loss": r.get("last_loss"),
+            }
+            for name, r in results.items()
+        ]
+    )
 
 
 def curves(run_dir: str | Path, names: list[str]):
@@ -369,5 +439,9 @@ def curves(run_dir: str | Path, names: list[str]):
 
 def write_checkpoint_index(run_dir: str | Path, results: dict) -> dict:
     """The run directory's checkpoint index: each trained model's final checkpoint, for the evaluation step."""
-    return RunDir(run_dir).write_checkpoint_index([{"model": name, "final": r.get("final"), "steps": r.get("steps"),
-                                                    "last_loss": r.get("last_loss")} for name, r in results.items()])
+    return RunDir(run_dir).write_checkpoint_index(
+        [
+            {"model": name, "final": r.get("final"), "steps": r.get("steps"), "last_loss": r.get("last_loss")}
+            for name, r in results.items()
+        ]
+    )

@@ -18,18 +18,47 @@ import pandas as pd
 from .base import RESOURCES_DIR, KitError
 
 ZBENCH_DIR = RESOURCES_DIR / "zbench"
-SPLITS: dict[str, str] = {"basic": "common.samples.csv", "advanced": "emergent.samples.csv",
-                          "domain": "specialized.samples.csv"}
+SPLITS: dict[str, str] = {
+    "basic": "common.samples.csv",
+    "advanced": "emergent.samples.csv",
+    "domain": "specialized.samples.csv",
+}
 SPLIT_ROWS: dict[str, int] = {"basic": 63, "advanced": 209, "domain": 39}  # Z-Bench 1.0; 311 in all
-REFERENCE_MODELS: tuple[str, ...] = ("GPT3.5", "GPT4", "SenseChat", "minimax", "moss", "商量", "天工", "文心",
-                                     "文心0427", "新版智谱", "智谱", "讯飞", "通义千问", "面壁")
-PROVENANCE = {"dataset": "Z-Bench 1.0", "by": "ZhenFund (真格基金)", "license": "CC BY 4.0",
-              "upstream": "https://github.com/zhenbench/z-bench",
-              "commit": "1f1195b4b11d65ebd729f6eced0ead144f57bd85"}
+REFERENCE_MODELS: tuple[str, ...] = (
+    "GPT3.5",
+    "GPT4",
+    "SenseChat",
+    "minimax",
+    "moss",
+    "商量",
+    "天工",
+    "文心",
+    "文心0427",
+    "新版智谱",
+    "智谱",
+    "讯飞",
+    "通义千问",
+    "面壁",
+)
+PROVENANCE = {
+    "dataset": "Z-Bench 1.0",
+    "by": "ZhenFund (真格基金)",
+    "license": "CC BY 4.0",
+    "upstream": "https://github.com/zhenbench/z-bench",
+    "commit": "1f1195b4b11d65ebd729f6eced0ead144f57bd85",
+}
 # Latin-script labels for figures (fonts without CJK glyphs draw the Chinese names as boxes).
-MODEL_LABELS: dict[str, str] = {"商量": "SenseTime-Shangliang", "天工": "Tiangong", "文心": "Wenxin",
-                                "文心0427": "Wenxin-0427", "新版智谱": "Zhipu-new", "智谱": "Zhipu",
-                                "讯飞": "iFlytek-Spark", "通义千问": "Tongyi-Qianwen", "面壁": "Mianbi"}
+MODEL_LABELS: dict[str, str] = {
+    "商量": "SenseTime-Shangliang",
+    "天工": "Tiangong",
+    "文心": "Wenxin",
+    "文心0427": "Wenxin-0427",
+    "新版智谱": "Zhipu-new",
+    "智谱": "Zhipu",
+    "讯飞": "iFlytek-Spark",
+    "通义千问": "Tongyi-Qianwen",
+    "面壁": "Mianbi",
+}
 
 
 def model_label(name: str) -> str:
@@ -59,8 +88,10 @@ def _split_names(splits: str | Iterable[str] | None) -> list[str]:
     names = list(SPLITS) if splits is None else [splits] if isinstance(splits, str) else list(splits)
     unknown = [s for s in names if s not in SPLITS]
     if unknown:
-        raise ZBenchError(f"unknown Z-Bench split {', '.join(map(repr, unknown))}; the splits are: "
-                          + ", ".join(f"{k} ({v})" for k, v in SPLITS.items()))
+        raise ZBenchError(
+            f"unknown Z-Bench split {', '.join(map(repr, unknown))}; the splits are: "
+            + ", ".join(f"{k} ({v})" for k, v in SPLITS.items())
+        )
     return names
 
 
@@ -84,11 +115,16 @@ def _canonical_columns(columns: Sequence[str], path: Path) -> dict[str, str]:
     seen = list(mapping.values())
     missing = [c for c in (*_FIXED_COLUMNS, *REFERENCE_MODELS) if _FIXED_COLUMNS.get(c, c) not in seen]
     repeated = sorted({c for c in seen if seen.count(c) > 1})
-    problems = [f"{what}: {', '.join(cols)}" for what, cols in
-                (("missing", missing), ("unexpected", extra), ("repeated", repeated)) if cols]
+    problems = [
+        f"{what}: {', '.join(cols)}"
+        for what, cols in (("missing", missing), ("unexpected", extra), ("repeated", repeated))
+        if cols
+    ]
     if problems:
-        raise ZBenchError(f"{path}: not a Z-Bench file ({'; '.join(problems)}); expected the columns "
-                          f"{', '.join((*_FIXED_COLUMNS, *REFERENCE_MODELS))} (model names in any case/order)")
+        raise ZBenchError(
+            f"{path}: not a Z-Bench file ({'; '.join(problems)}); expected the columns "
+            f"{', '.join((*_FIXED_COLUMNS, *REFERENCE_MODELS))} (model names in any case/order)"
+        )
     return mapping
 
 
@@ -110,8 +146,12 @@ def read_split(split: str, directory: str | Path = ZBENCH_DIR) -> pd.DataFrame:
     return df[list(COLUMNS)]
 
 
-def load_zbench(splits: str | Iterable[str] | None = None, models: Iterable[str] | None = None, *,
-                directory: str | Path = ZBENCH_DIR) -> pd.DataFrame:
+def load_zbench(
+    splits: str | Iterable[str] | None = None,
+    models: Iterable[str] | None = None,
+    *,
+    directory: str | Path = ZBENCH_DIR,
+) -> pd.DataFrame:
     """Z-Bench as one row per prompt: ``item_id, split, prompt, tags, reference`` + one column per model.
 
     ``splits``: ``basic`` (common), ``advanced`` (emergent), ``domain`` (specialized); default all three, in that
@@ -122,7 +162,7 @@ def load_zbench(splits: str | Iterable[str] | None = None, models: Iterable[str]
     keep = REFERENCE_MODELS if models is None else tuple(dict.fromkeys(model_name(m) for m in models))
     parts = [read_split(s, directory) for s in names]
     df = pd.concat(parts, ignore_index=True)[["item_id", "split", "prompt", "tags", "reference", *keep]]
-    df.attrs["zbench"] = {**PROVENANCE, "rows": {s: len(p) for s, p in zip(names, parts)}}
+    df.attrs["zbench"] = {**PROVENANCE, "rows": {s: len(p) for s, p in zip(names, parts, strict=False)}}
     return df
 
 
@@ -135,8 +175,10 @@ def answers_long(df: pd.DataFrame, models: Iterable[str] | None = None) -> pd.Da
     wanted = held if models is None else [model_name(m) for m in models]
     absent = [m for m in wanted if m not in held]
     if absent:
-        raise ZBenchError(f"model column(s) {', '.join(absent)} not in this table; it holds: "
-                          f"{', '.join(held) or 'none'}")
-    long = df.reset_index(drop=True).melt(id_vars=["item_id", "split"], value_vars=wanted, var_name="model",
-                                          value_name="answer", ignore_index=False)
+        raise ZBenchError(
+            f"model column(s) {', '.join(absent)} not in this table; it holds: {', '.join(held) or 'none'}"
+        )
+    long = df.reset_index(drop=True).melt(
+        id_vars=["item_id", "split"], value_vars=wanted, var_name="model", value_name="answer", ignore_index=False
+    )
     return long.sort_index(kind="stable").reset_index(drop=True)  # item by item, models in the order asked

@@ -146,8 +146,9 @@ class PageReport:
             elif not el.visible:
                 sizes = ", ".join(f"{w:g}x{h:g}" for w, h in el.sizes[:5])
                 broken = f"; {el.broken_images} broken image(s)" if el.broken_images else ""
-                out.append(f"{name}: {el.count} element(s) match {el.selector!r} but none is visible "
-                           f"(sizes {sizes}{broken})")
+                out.append(
+                    f"{name}: {el.count} element(s) match {el.selector!r} but none is visible (sizes {sizes}{broken})"
+                )
         return out
 
     @property
@@ -157,8 +158,11 @@ class PageReport:
 
 def chromium_available() -> str | None:
     """None when the browser check can run; otherwise why not, with what to do."""
-    missing = [f"{p} (Debian package {pkg})" for p, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver"))
-               if not (p.is_file() and os.access(p, os.X_OK))]
+    missing = [
+        f"{p} (Debian package {pkg})"
+        for p, pkg in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver"))
+        if not (p.is_file() and os.access(p, os.X_OK))
+    ]
     if missing:
         return f"not installed: {', '.join(missing)}; {INSTALL_HINT}"
     try:
@@ -211,9 +215,14 @@ class Browser:
 
         self._dir = Path(tempfile.mkdtemp(prefix="llm4a-chromium-", dir=_tmp_base()))
         home = self._dir / "home"
-        env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"),
-                   XDG_CACHE_HOME=str(home / ".cache"), XDG_DATA_HOME=str(home / ".local" / "share"),
-                   TMPDIR=str(self._dir))
+        env = dict(
+            os.environ,
+            HOME=str(home),
+            XDG_CONFIG_HOME=str(home / ".config"),
+            XDG_CACHE_HOME=str(home / ".cache"),
+            XDG_DATA_HOME=str(home / ".local" / "share"),
+            TMPDIR=str(self._dir),
+        )
         env.pop("DISPLAY", None)
         env.pop("WAYLAND_DISPLAY", None)
         for sub in (".config", ".cache", ".local/share"):
@@ -237,9 +246,11 @@ class Browser:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
             first = (e.msg or str(e)).strip().splitlines()[0] if (e.msg or str(e)).strip() else type(e).__name__
-            raise KitError(f"headless Chromium did not start ({CHROMIUM} via {CHROMEDRIVER}): {first}\n"
-                           f"chromedriver log (end):\n{tail}\nIf the packages are broken or mismatched, "
-                           f"{INSTALL_HINT}") from e
+            raise KitError(
+                f"headless Chromium did not start ({CHROMIUM} via {CHROMEDRIVER}): {first}\n"
+                f"chromedriver log (end):\n{tail}\nIf the packages are broken or mismatched, "
+                f"{INSTALL_HINT}"
+            ) from e
         self.driver.set_page_load_timeout(self.timeout_s)
         self.driver.set_script_timeout(self.timeout_s)
         self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _DIALOG_STUB})
@@ -258,12 +269,16 @@ class Browser:
 
     def _offline(self) -> None:
         self.driver.execute_cdp_cmd("Network.enable", {})
-        self.driver.execute_cdp_cmd("Network.emulateNetworkConditions",
-                                    {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        self.driver.execute_cdp_cmd(
+            "Network.emulateNetworkConditions",
+            {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+        )
 
     def _viewport(self, height: int) -> None:
-        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                                    {"width": self.width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": self.width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+        )
 
     def _settle(self) -> None:
         from selenium.common.exceptions import TimeoutException
@@ -282,8 +297,9 @@ class Browser:
         if self.driver is None:
             raise KitError("the browser is not started: use `with Browser() as b:` or call start()")
 
-    def check(self, html_path: str | os.PathLike, screenshot_path: str | os.PathLike,
-              selectors: dict[str, str] | None = None) -> PageReport:
+    def check(
+        self, html_path: str | os.PathLike, screenshot_path: str | os.PathLike, selectors: dict[str, str] | None = None
+    ) -> PageReport:
         """Load ``html_path`` offline, screenshot the whole page to ``screenshot_path`` and measure ``selectors``."""
         self._need_driver()
         path = Path(html_path).resolve()
@@ -315,16 +331,29 @@ class Browser:
                 raise ValueError(f"{name}: invalid CSS selector {selector!r}: {m['error']}")
             items = m["items"]
             elements[name] = ElementReport(
-                selector=selector, count=int(m["count"]), visible=any(i["visible"] for i in items),
+                selector=selector,
+                count=int(m["count"]),
+                visible=any(i["visible"] for i in items),
                 sizes=[(round(i["width"], 1), round(i["height"], 1)) for i in items],
-                broken_images=sum(1 for i in items if i["broken"]))
-        return PageReport(url=url, title=title, screenshot=Path(screenshot_path), screenshot_size=_png_size(png),
-                          page_height=page_height, console_errors=[m for lvl, m in console if lvl == "SEVERE"],
-                          console=console, dialogs=dialogs, elements=elements, inner_text=inner_text)
+                broken_images=sum(1 for i in items if i["broken"]),
+            )
+        return PageReport(
+            url=url,
+            title=title,
+            screenshot=Path(screenshot_path),
+            screenshot_size=_png_size(png),
+            page_height=page_height,
+            console_errors=[m for lvl, m in console if lvl == "SEVERE"],
+            console=console,
+            dialogs=dialogs,
+            elements=elements,
+            inner_text=inner_text,
+        )
 
 
-def check_page(html_path: str | os.PathLike, screenshot_path: str | os.PathLike,
-               selectors: dict[str, str] | None = None) -> PageReport:
+def check_page(
+    html_path: str | os.PathLike, screenshot_path: str | os.PathLike, selectors: dict[str, str] | None = None
+) -> PageReport:
     """Start a browser, check one page (see ``Browser.check``) and close the browser."""
     with Browser() as browser:
         return browser.check(html_path, screenshot_path, selectors)

@@ -13,8 +13,23 @@ from benchmarks.common import Goal
 from llm4academic import cli
 from llm4academic.base import KitError
 
-CASE_KEYS = {"id", "name", "title", "status", "reason", "goal", "goals", "ratio", "value", "metrics", "checks",
-             "passed", "repeats", "raw", "seconds"}
+CASE_KEYS = {
+    "id",
+    "name",
+    "title",
+    "status",
+    "reason",
+    "goal",
+    "goals",
+    "ratio",
+    "value",
+    "metrics",
+    "checks",
+    "passed",
+    "repeats",
+    "raw",
+    "seconds",
+}
 
 
 def _run(*args, timeout=600):
@@ -84,14 +99,43 @@ def test_table_has_a_row_per_case(quick):
 @pytest.mark.slow
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
-    proc = _run("benchmarks/gpu.py", "--dry-run", "--steps", "2", "--warmup", "1", "--seq-len", "128",
-                "--peak-tflops", "1", "--json-out", str(out), timeout=300)
+    proc = _run(
+        "benchmarks/gpu.py",
+        "--dry-run",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--seq-len",
+        "128",
+        "--peak-tflops",
+        "1",
+        "--json-out",
+        str(out),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout)
     assert res == json.loads(out.read_text())
-    assert {"tokens_per_s_per_gpu", "mfu", "mfu_6n", "peak_memory_gib", "peak_memory_bytes", "achieved_tflops_per_gpu",
-            "flops_per_token", "step_time_s", "fsdp", "model", "attn_implementation", "packing_efficiency",
-            "loss_first", "loss_last", "goal", "passed", "versions"} <= set(res)
+    assert {
+        "tokens_per_s_per_gpu",
+        "mfu",
+        "mfu_6n",
+        "peak_memory_gib",
+        "peak_memory_bytes",
+        "achieved_tflops_per_gpu",
+        "flops_per_token",
+        "step_time_s",
+        "fsdp",
+        "model",
+        "attn_implementation",
+        "packing_efficiency",
+        "loss_first",
+        "loss_last",
+        "goal",
+        "passed",
+        "versions",
+    } <= set(res)
     assert res["dry_run"] is True and res["device"] == "cpu" and res["passed"] is None  # the goal is a GPU's
     assert res["fsdp"]["dtensor_parameters"] is True  # FSDP2 really wrapped the model
     assert res["steps"] == 2 and len(res["step_time_s"]["all"]) == 2 and res["tokens_per_s_per_gpu"] > 0
@@ -113,8 +157,10 @@ def test_goal_target_is_written_once():
     assert Goal("x", ">=", 6.0, "×", "of it").text == "≥ 6× of it" and Goal("x", ">=", 0.7, "%").short == "≥ 70%"
     assert Goal("x", "<=", 300.0, "s").text == "≤ 5 minutes" and Goal("x", "<=", 300.0, "s").short == "≤ 300 s"
     assert bench.CASES["P1"].goal_cell == "≥ 6× · ≥ 70%"
-    assert [g.text for g in bench.CASES["P1"].goals] == ["≥ 6× stanford's per-example preprocess",
-                                                         "≥ 70% of a bare batched tokenizer call"]
+    assert [g.text for g in bench.CASES["P1"].goals] == [
+        "≥ 6× stanford's per-example preprocess",
+        "≥ 70% of a bare batched tokenizer call",
+    ]
 
 
 def test_cli_bench_command():

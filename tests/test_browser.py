@@ -25,18 +25,27 @@ def png_bytes(width: int, height: int, rgb=(200, 30, 30)) -> bytes:
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
 
 
 IMG = f'<img alt="loss curve" src="data:image/png;base64,{base64.b64encode(png_bytes(40, 30)).decode()}">'
-TABLE = ('<table id="leaderboard" {style}><tr><th>model</th><th>score</th></tr>'
-         "<tr><td>tiny-llama</td><td>0.5</td></tr></table>")
+TABLE = (
+    '<table id="leaderboard" {style}><tr><th>model</th><th>score</th></tr>'
+    "<tr><td>tiny-llama</td><td>0.5</td></tr></table>"
+)
 
 
 def page(body: str, head: str = "", title: str = "study report") -> str:
-    return (f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}</head>'
-            f"<body>{body}</body></html>")
+    return (
+        f'<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>{head}</head>'
+        f"<body>{body}</body></html>"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +58,10 @@ def browser():
 
 
 def test_good_page_passes_with_a_full_width_screenshot(browser, tmp_path):
-    html = write(tmp_path / "index.html", page("<h1>Leaderboard</h1>" + TABLE.format(style="") + IMG
-                                               + '<div style="height:1500px">tall</div>'))
+    html = write(
+        tmp_path / "index.html",
+        page("<h1>Leaderboard</h1>" + TABLE.format(style="") + IMG + '<div style="height:1500px">tall</div>'),
+    )
     shot = tmp_path / "shots" / "index.png"
     report = browser.check(html, shot, SELECTORS)
     assert report.problems() == [], report.problems()
@@ -68,8 +79,10 @@ def test_good_page_passes_with_a_full_width_screenshot(browser, tmp_path):
 
 
 def test_console_error_and_uncaught_exception_are_reported(browser, tmp_path):
-    html = write(tmp_path / "bad.html", page(TABLE.format(style="") + IMG + "<script>console.error('bad thing');"
-                                             "throw new Error('kaboom');</script>"))
+    html = write(
+        tmp_path / "bad.html",
+        page(TABLE.format(style="") + IMG + "<script>console.error('bad thing');throw new Error('kaboom');</script>"),
+    )
     report = browser.check(html, tmp_path / "bad.png", SELECTORS)
     errors = "\n".join(report.console_errors)
     assert "bad thing" in errors and "Uncaught Error: kaboom" in errors, report.console
@@ -86,8 +99,10 @@ def test_errors_of_an_earlier_page_do_not_leak_into_the_next(browser, tmp_path):
 
 
 def test_hidden_table_and_broken_image_are_not_visible(browser, tmp_path):
-    html = write(tmp_path / "hidden.html",
-                 page(TABLE.format(style='style="display:none"') + '<img alt="figure" src="missing.png">'))
+    html = write(
+        tmp_path / "hidden.html",
+        page(TABLE.format(style='style="display:none"') + '<img alt="figure" src="missing.png">'),
+    )
     report = browser.check(html, tmp_path / "hidden.png", SELECTORS)
     lb, fig = report.elements["leaderboard"], report.elements["figures"]
     assert lb.count == 1 and not lb.visible and lb.sizes == [(0.0, 0.0)]
@@ -99,8 +114,15 @@ def test_hidden_table_and_broken_image_are_not_visible(browser, tmp_path):
 
 
 def test_hidden_by_ancestor_or_visibility_and_missing_elements(browser, tmp_path):
-    html = write(tmp_path / "more.html", page('<div style="display:none">' + TABLE.format(style="") + "</div>"
-                                              + IMG.replace("<img", '<img style="visibility:hidden"')))
+    html = write(
+        tmp_path / "more.html",
+        page(
+            '<div style="display:none">'
+            + TABLE.format(style="")
+            + "</div>"
+            + IMG.replace("<img", '<img style="visibility:hidden"')
+        ),
+    )
     report = browser.check(html, tmp_path / "more.png", {**SELECTORS, "nothing": "#no-such-thing"})
     assert not report.elements["leaderboard"].visible and not report.elements["figures"].visible
     assert "nothing: no element matches '#no-such-thing'" in report.problems()
@@ -108,8 +130,10 @@ def test_hidden_by_ancestor_or_visibility_and_missing_elements(browser, tmp_path
 
 def test_cdn_script_fails_offline(browser, tmp_path):
     """The pages must work offline: a script from a CDN cannot load, and that is a console error."""
-    html = write(tmp_path / "cdn.html", page(TABLE.format(style="") + IMG,
-                                             head='<script src="https://cdn.example.invalid/x.js"></script>'))
+    html = write(
+        tmp_path / "cdn.html",
+        page(TABLE.format(style="") + IMG, head='<script src="https://cdn.example.invalid/x.js"></script>'),
+    )
     report = browser.check(html, tmp_path / "cdn.png", SELECTORS)
     assert any("cdn.example.invalid/x.js" in e for e in report.console_errors), report.console
     assert any("ERR_INTERNET_DISCONNECTED" in e for e in report.console_errors), report.console

@@ -9,15 +9,39 @@ from types import SimpleNamespace
 import pytest
 
 from llm4academic import catalog
-from llm4academic.catalog import (ALPACA_MIX, DatasetCard, ModelCard, card_for_config, catalog_frame, datasets,
-                                  format_model_table, format_table, get_dataset, get_model_card, model_cards,
-                                  model_frame)
 from llm4academic.base import KitError, resolve_data_path
+from llm4academic.catalog import (
+    ALPACA_MIX,
+    DatasetCard,
+    ModelCard,
+    card_for_config,
+    catalog_frame,
+    datasets,
+    format_model_table,
+    format_table,
+    get_dataset,
+    get_model_card,
+    model_cards,
+    model_frame,
+)
 from llm4academic.config import FORMAT_NAMES, MODEL_CARDS, TEMPLATES
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED_NAMES = ("OIG", "Alpaca", "BELLE", "Luotuo", "Guanaco", "Firefly", "GPT-4-LLM", "gpt4all", "hh-rlhf", "Dolly",
-              "Alpaca-CoT", "Instruct-to-Code", "ShareGPT")
+SEED_NAMES = (
+    "OIG",
+    "Alpaca",
+    "BELLE",
+    "Luotuo",
+    "Guanaco",
+    "Firefly",
+    "GPT-4-LLM",
+    "gpt4all",
+    "hh-rlhf",
+    "Dolly",
+    "Alpaca-CoT",
+    "Instruct-to-Code",
+    "ShareGPT",
+)
 
 
 def test_every_seed_dataset_has_a_complete_card():
@@ -43,12 +67,24 @@ def test_alpaca_mix_resolves_to_alpaca_style_cards():
     assert {c.format for c in cards} == {"alpaca"}
 
 
-@pytest.mark.parametrize("alias, name", [
-    ("chinese_alpaca", "Luotuo"), ("chinese-alpaca", "Luotuo"), ("Chinese Alpaca", "Luotuo"),
-    ("dolly-15k", "Dolly"), ("databricks_dolly_15k", "Dolly"), ("ALPACA", "Alpaca"), ("belle", "BELLE"),
-    ("gpt-4-llm", "GPT-4-LLM"), ("instruct_to_code", "Instruct-to-Code"), ("HH_RLHF", "hh-rlhf"),
-    ("guannaco", "Guanaco"), ("sharegpt", "ShareGPT"), ("  oig ", "OIG"),
-])
+@pytest.mark.parametrize(
+    "alias, name",
+    [
+        ("chinese_alpaca", "Luotuo"),
+        ("chinese-alpaca", "Luotuo"),
+        ("Chinese Alpaca", "Luotuo"),
+        ("dolly-15k", "Dolly"),
+        ("databricks_dolly_15k", "Dolly"),
+        ("ALPACA", "Alpaca"),
+        ("belle", "BELLE"),
+        ("gpt-4-llm", "GPT-4-LLM"),
+        ("instruct_to_code", "Instruct-to-Code"),
+        ("HH_RLHF", "hh-rlhf"),
+        ("guannaco", "Guanaco"),
+        ("sharegpt", "ShareGPT"),
+        ("  oig ", "OIG"),
+    ],
+)
 def test_lookup_is_case_insensitive_and_takes_aliases(alias, name):
     assert get_dataset(alias).name == name
 
@@ -116,18 +152,26 @@ def test_format_table_lists_every_name_within_the_width():
 
 
 def test_catalog_imports_no_torch_and_no_datasets():
-    code = ("import sys, llm4academic.catalog\n"
-            "assert 'torch' not in sys.modules, 'torch'\n"
-            "assert 'datasets' not in sys.modules, 'datasets'\n"
-            "assert 'pandas' not in sys.modules, 'pandas'\n")
+    code = (
+        "import sys, llm4academic.catalog\n"
+        "assert 'torch' not in sys.modules, 'torch'\n"
+        "assert 'datasets' not in sys.modules, 'datasets'\n"
+        "assert 'pandas' not in sys.modules, 'pandas'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 
 
 # --------------------------------------------------------------------------------------------- model cards
 
-SEED_MODELS = {"llama": "huggyllama/llama-7b", "bloom": "bigscience/bloomz-7b1-mt", "opt": "facebook/galactica-6.7b",
-               "t5": "google/flan-t5-xxl", "glm": "zai-org/glm-4-9b-hf", "chatglm": "THUDM/chatglm-6b"}
+SEED_MODELS = {
+    "llama": "huggyllama/llama-7b",
+    "bloom": "bigscience/bloomz-7b1-mt",
+    "opt": "facebook/galactica-6.7b",
+    "t5": "google/flan-t5-xxl",
+    "glm": "zai-org/glm-4-9b-hf",
+    "chatglm": "THUDM/chatglm-6b",
+}
 
 
 def test_every_model_family_has_a_complete_card():
@@ -135,8 +179,17 @@ def test_every_model_family_has_a_complete_card():
     assert [c.name for c in cards] == list(MODEL_CARDS)
     assert {c.name: c.hub_id for c in cards} == SEED_MODELS
     for card in cards:
-        for field in ("model", "hub_id", "architecture", "wrap_class", "pad_token", "parameters", "licence", "link",
-                      "description"):
+        for field in (
+            "model",
+            "hub_id",
+            "architecture",
+            "wrap_class",
+            "pad_token",
+            "parameters",
+            "licence",
+            "link",
+            "description",
+        ):
             assert getattr(card, field).strip(), (card.name, field)
         assert card.link == f"https://huggingface.co/{card.hub_id}", card.name
         assert card.template in TEMPLATES and card.kind in ("causal", "seq2seq"), card.name
@@ -150,17 +203,33 @@ def test_every_model_family_has_a_complete_card():
 
 def test_wrap_and_architecture_classes_are_the_seeds():
     assert {c.name: (c.architecture, c.wrap_class) for c in model_cards()} == {
-        "llama": ("LlamaForCausalLM", "LlamaDecoderLayer"), "bloom": ("BloomForCausalLM", "BloomBlock"),
-        "opt": ("OPTForCausalLM", "OPTDecoderLayer"), "t5": ("T5ForConditionalGeneration", "T5Block"),
-        "glm": ("GlmForCausalLM", "GlmDecoderLayer"), "chatglm": ("ChatGLMForConditionalGeneration", "GLMBlock")}
+        "llama": ("LlamaForCausalLM", "LlamaDecoderLayer"),
+        "bloom": ("BloomForCausalLM", "BloomBlock"),
+        "opt": ("OPTForCausalLM", "OPTDecoderLayer"),
+        "t5": ("T5ForConditionalGeneration", "T5Block"),
+        "glm": ("GlmForCausalLM", "GlmDecoderLayer"),
+        "chatglm": ("ChatGLMForConditionalGeneration", "GLMBlock"),
+    }
 
 
-@pytest.mark.parametrize("name, card", [
-    ("llama", "llama"), ("LLaMA-7B", "llama"), ("huggyllama/llama-7b", "llama"), ("bloomz", "bloom"),
-    ("BLOOMZ-7B1-mt", "bloom"), ("galactica", "opt"), ("Galactica-6.7B", "opt"), ("flan_t5_xxl", "t5"),
-    ("google/flan-t5-xxl", "t5"), ("GLM-4-9B", "glm"), ("THUDM/glm-4-9b-hf", "glm"), ("ChatGLM-6B", "chatglm"),
-    (" chatglm ", "chatglm"),
-])
+@pytest.mark.parametrize(
+    "name, card",
+    [
+        ("llama", "llama"),
+        ("LLaMA-7B", "llama"),
+        ("huggyllama/llama-7b", "llama"),
+        ("bloomz", "bloom"),
+        ("BLOOMZ-7B1-mt", "bloom"),
+        ("galactica", "opt"),
+        ("Galactica-6.7B", "opt"),
+        ("flan_t5_xxl", "t5"),
+        ("google/flan-t5-xxl", "t5"),
+        ("GLM-4-9B", "glm"),
+        ("THUDM/glm-4-9b-hf", "glm"),
+        ("ChatGLM-6B", "chatglm"),
+        (" chatglm ", "chatglm"),
+    ],
+)
 def test_model_card_lookup_takes_models_hub_ids_and_aliases(name, card):
     assert get_model_card(name).name == card
 
@@ -181,8 +250,15 @@ def test_model_cards_are_frozen_and_checked():
     card = get_model_card("llama")
     with pytest.raises(dataclasses.FrozenInstanceError):
         card.kind = "seq2seq"  # type: ignore[misc]
-    for field, value in [("name", "gpt2"), ("template", "chatml"), ("kind", "encoder"), ("auto_class", "AutoModel"),
-                         ("wrap_class", " "), ("model_types", ()), ("needs_remote_code", "no")]:
+    for field, value in [
+        ("name", "gpt2"),
+        ("template", "chatml"),
+        ("kind", "encoder"),
+        ("auto_class", "AutoModel"),
+        ("wrap_class", " "),
+        ("model_types", ()),
+        ("needs_remote_code", "no"),
+    ]:
         with pytest.raises(ValueError, match=field):
             dataclasses.replace(card, **{field: value})
     with pytest.raises(ValueError, match="AutoModelForSeq2SeqLM"):

@@ -2,8 +2,7 @@ import datasets
 import pytest
 
 from llm4academic.config import CleanParams, ModelParams
-from llm4academic.data.clean import clean, exact_dedup, language_filter, length_filter, near_dedup, normalise
-from llm4academic.data.clean import column
+from llm4academic.data.clean import clean, column, exact_dedup, language_filter, length_filter, near_dedup, normalise
 from llm4academic.data.formats import COLUMNS, RECORD_FEATURES
 
 
@@ -16,15 +15,26 @@ def records(rows):
     cols = {c: [] for c in COLUMNS}
     for n, row in enumerate(rows):
         src, ins, out, *lang = row
-        rec = {"id": f"{src}-{n}", "source": src, "language": lang[0] if lang else "en", "instruction": ins,
-               "input": "", "output": out, "conversation": [], "chosen": "", "rejected": ""}
+        rec = {
+            "id": f"{src}-{n}",
+            "source": src,
+            "language": lang[0] if lang else "en",
+            "instruction": ins,
+            "input": "",
+            "output": out,
+            "conversation": [],
+            "chosen": "",
+            "rejected": "",
+        }
         for c in COLUMNS:
             cols[c].append(rec[c])
     return datasets.Dataset.from_dict(cols, features=RECORD_FEATURES)
 
 
-LONG = ("The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden porch and "
-        "drinks a cup of coffee in the early morning sun.")
+LONG = (
+    "The quick brown fox jumps over the lazy dog while the farmer watches from the old wooden porch and "
+    "drinks a cup of coffee in the early morning sun."
+)
 
 
 def test_normalise_folds_width_case_space_punctuation():
@@ -43,9 +53,14 @@ def test_exact_dedup_within_and_across_sources():
 
 def test_near_dedup_finds_small_edits_not_different_texts():
     edited = LONG.replace("early morning", "early mornin")
-    ds = records([("a", "Describe the scene.", LONG), ("b", "Describe the scene.", edited),
-                  ("a", "Write a haiku.", "Autumn moonlight, a worm digs silently into the chestnut."),
-                  ("b", "给出三个保持健康的提示。", "饮食要均衡，确保包括足够的水果和蔬菜。")])
+    ds = records(
+        [
+            ("a", "Describe the scene.", LONG),
+            ("b", "Describe the scene.", edited),
+            ("a", "Write a haiku.", "Autumn moonlight, a worm digs silently into the chestnut."),
+            ("b", "给出三个保持健康的提示。", "饮食要均衡，确保包括足够的水果和蔬菜。"),
+        ]
+    )
     kept, rep = near_dedup(ds, threshold=0.8)
     assert ids(kept) == ["a-0", "a-2", "b-3"]
     assert rep.removed == 1 and rep.detail["across_sources"] == 1
@@ -56,15 +71,16 @@ def test_near_dedup_finds_small_edits_not_different_texts():
 def test_language_and_length_filters(tiny_models):
     from llm4academic.models import load_tokenizer
 
-    ds = records([("a", "Say hi", "Hi there, how are you today?"), ("b", "说你好", "你好", "zh"),
-                  ("a", "Count", "1")])
+    ds = records([("a", "Say hi", "Hi there, how are you today?"), ("b", "说你好", "你好", "zh"), ("a", "Count", "1")])
     kept, rep = language_filter(ds, ["en"])
     assert ids(kept) == ["a-0", "a-2"] and rep.detail["removed_by_language"] == {"zh": 1}
     tok = load_tokenizer(ModelParams(name="l", path=str(tiny_models("llama"))))
     kept, rep = length_filter(ds, tok, "l", min_output_tokens=2)
     assert "a-2" not in ids(kept) and rep.detail["reasons"] == {"output_too_short": 1}
-    totals = [len(tok(i + o, add_special_tokens=False)["input_ids"]) for i, o in
-              zip(column(ds, "instruction"), column(ds, "output"))]
+    totals = [
+        len(tok(i + o, add_special_tokens=False)["input_ids"])
+        for i, o in zip(column(ds, "instruction"), column(ds, "output"), strict=False)
+    ]
     assert totals[0] > max(totals[1:])
     kept, rep = length_filter(ds, tok, "l", max_total_tokens=max(totals[1:]) + 1)
     assert ids(kept) == ["b-1", "a-2"] and rep.by_source == {"a": 1} and rep.detail["reasons"] == {"too_long": 1}

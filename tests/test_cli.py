@@ -8,8 +8,9 @@ from conftest import ROOT, SAMPLES, write
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "llm4academic", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "llm4academic", *map(str, args)], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def test_data_catalog_and_formats():
@@ -19,8 +20,16 @@ def test_data_catalog_and_formats():
     assert len(rows) == 13 and {"name", "languages", "licence", "link", "format"} <= set(rows[0])
     r = cli("data", "formats")
     assert r.returncode == 0
-    assert [line.split()[0] for line in r.stdout.splitlines()] == ["alpaca", "seed_tasks", "firefly", "sharegpt",
-                                                                  "oig", "hh_rlhf", "dolly", "gpt4all"]
+    assert [line.split()[0] for line in r.stdout.splitlines()] == [
+        "alpaca",
+        "seed_tasks",
+        "firefly",
+        "sharegpt",
+        "oig",
+        "hh_rlhf",
+        "dolly",
+        "gpt4all",
+    ]
 
 
 def test_data_inspect_clean_file_exits_0():

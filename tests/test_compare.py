@@ -13,20 +13,38 @@ from llm4academic.compare import CompareError
 from llm4academic.scoring import bootstrap_ci, group_rng
 from llm4academic.zbench import answers_long, load_zbench
 
-ITEMS = ["basic-000", "basic-001", "basic-002", "basic-003", "advanced-000", "advanced-001", "advanced-002",
-         "advanced-193", "domain-000", "domain-001"]
+ITEMS = [
+    "basic-000",
+    "basic-001",
+    "basic-002",
+    "basic-003",
+    "advanced-000",
+    "advanced-001",
+    "advanced-002",
+    "advanced-193",
+    "domain-000",
+    "domain-001",
+]
 
 
 def _scores(model_scores: dict[str, list[float]], items=ITEMS, scorer="contains") -> pd.DataFrame:
     rows = []
     for model, values in model_scores.items():
-        for item, v in zip(items, values):
+        for item, v in zip(items, values, strict=False):
             rows.append((item, item.split("-")[0], model, scorer, float(v), "reference"))
     return pd.DataFrame(rows, columns=["item_id", "split", "model", "scorer", "score", "against"])
 
 
-def make_study(root, name, ours: dict[str, list[float]], *, items=ITEMS, scorers=("contains", "rouge_l"),
-               seed=7, answers: dict[str, str] | None = None):
+def make_study(
+    root,
+    name,
+    ours: dict[str, list[float]],
+    *,
+    items=ITEMS,
+    scorers=("contains", "rouge_l"),
+    seed=7,
+    answers: dict[str, str] | None = None,
+):
     """A finished study's report folder: manifest + evaluate artifacts (studied models' scores given, the 14
     reference models scored for real by the kit's scorers on the same items)."""
     from llm4academic.scoring import score_answers
@@ -39,25 +57,43 @@ def make_study(root, name, ours: dict[str, list[float]], *, items=ITEMS, scorers
     theirs = score_answers(answers_long(zb), zb, list(scorers), fallback_model=None)
     scores = pd.concat([_scores(ours, items), theirs], ignore_index=True)
     scores.to_parquet(ev / "scores.parquet", index=False)
-    ans = pd.DataFrame([(i, i.split("-")[0], m, (answers or {}).get(m, f"answer of {m} to {i}"))
-                        for m in ours for i in items], columns=["item_id", "split", "model", "answer"])
+    ans = pd.DataFrame(
+        [(i, i.split("-")[0], m, (answers or {}).get(m, f"answer of {m} to {i}")) for m in ours for i in items],
+        columns=["item_id", "split", "model", "answer"],
+    )
     ans.to_parquet(ev / "answers.parquet", index=False)
-    (ev / "evaluate.json").write_text(json.dumps({"models": list(ours), "scorers": list(scorers),
-                                                  "splits": ["basic", "advanced", "domain"], "limit": None,
-                                                  "item_ids": list(items), "generation": {"do_sample": False},
-                                                  "judge": None}))
-    (run / "manifest.json").write_text(json.dumps({"study": name, "seed": seed, "params": {"name": name},
-                                                   "git": {"sha": "a" * 40, "dirty": False}}))
+    (ev / "evaluate.json").write_text(
+        json.dumps(
+            {
+                "models": list(ours),
+                "scorers": list(scorers),
+                "splits": ["basic", "advanced", "domain"],
+                "limit": None,
+                "item_ids": list(items),
+                "generation": {"do_sample": False},
+                "judge": None,
+            }
+        )
+    )
+    (run / "manifest.json").write_text(
+        json.dumps({"study": name, "seed": seed, "params": {"name": name}, "git": {"sha": "a" * 40, "dirty": False}})
+    )
     return run
 
 
 GOOD = [1, 1, 1, 0, 1, 1, 1, 1, 1, 0]  # mean 0.8
-BAD = [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]   # mean 0.2, never better than GOOD on an item
+BAD = [0, 0, 1, 0, 0, 0, 0, 1, 0, 0]  # mean 0.2, never better than GOOD on an item
 
 
 def test_primary_score_takes_the_most_specific_scorer():
-    s = pd.concat([_scores({"m": [0.3] * 3}, ITEMS[:3], "rouge_l"), _scores({"m": [1, 0, 1]}, ITEMS[:3], "contains"),
-                   _scores({"m": [0]}, ITEMS[:1], "option")], ignore_index=True)
+    s = pd.concat(
+        [
+            _scores({"m": [0.3] * 3}, ITEMS[:3], "rouge_l"),
+            _scores({"m": [1, 0, 1]}, ITEMS[:3], "contains"),
+            _scores({"m": [0]}, ITEMS[:1], "option"),
+        ],
+        ignore_index=True,
+    )
     s.loc[len(s)] = ("basic-009", "basic", "m", "rouge_l", 0.9, "GPT4")  # no reference: never counts
     p = compare.primary_scores(s).set_index("item_id")
     assert p.loc["basic-000", "scorer"] == "option" and p.loc["basic-000", "score"] == 0
@@ -149,8 +185,11 @@ def test_several_studies_rename_models_and_keep_reference_once(tmp_path):
 def test_incomparable_studies_are_refused(tmp_path):
     a = make_study(tmp_path, "a", {"m": GOOD})
     b = make_study(tmp_path, "b", {"m": GOOD[:8]}, items=ITEMS[:8])
-    with pytest.raises(CompareError, match=r"studies 'a' and 'b' evaluated different Z-Bench slices \(10 vs 8 "
-                                           r"items; only in a: domain-000, domain-001; only in b: none\)"):
+    with pytest.raises(
+        CompareError,
+        match=r"studies 'a' and 'b' evaluated different Z-Bench slices \(10 vs 8 "
+        r"items; only in a: domain-000, domain-001; only in b: none\)",
+    ):
         compare.load_studies([a, b])
     c = make_study(tmp_path, "c", {"m": GOOD}, scorers=("contains",))
     with pytest.raises(CompareError, match="studies 'a' and 'c' used different scorers"):
@@ -169,8 +208,12 @@ def test_cli_compare_refuses_before_running(tmp_path):
 
     a = make_study(tmp_path, "a", {"m": GOOD})
     b = make_study(tmp_path, "b", {"m": GOOD}, scorers=("contains", "option"))
-    r = subprocess.run([sys.executable, "-m", "llm4academic", "compare", str(a), str(b), "--out",
-                        str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "llm4academic", "compare", str(a), str(b), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "used different scorers (contains, rouge_l vs contains, option)" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
 
@@ -185,9 +228,20 @@ def test_length_bias_and_judge_agreement(tmp_path):
     x = pd.Series([1, 2, 3, 4, 5])
     assert compare.spearman(x, x * 10) == pytest.approx(1) and compare.spearman(x, -x) == pytest.approx(-1)
     assert math.isnan(compare.spearman(x, pd.Series([1] * 5)))  # constant scores: undefined, not 0
-    pairwise = pd.DataFrame({"item_id": ITEMS[:4], "split": "basic", "model": "m", "scorer": "pairwise",
-                             "score": [1, .5, .5, 0], "against": "GPT4", "verdict": ["win", "tie", "tie", "loss"],
-                             "first": "A", "second": "A", "consistent": [True, False, True, True]})
+    pairwise = pd.DataFrame(
+        {
+            "item_id": ITEMS[:4],
+            "split": "basic",
+            "model": "m",
+            "scorer": "pairwise",
+            "score": [1, 0.5, 0.5, 0],
+            "against": "GPT4",
+            "verdict": ["win", "tie", "tie", "loss"],
+            "first": "A",
+            "second": "A",
+            "consistent": [True, False, True, True],
+        }
+    )
     agree = compare.judge_agreement(pairwise).iloc[0]
     assert (agree["wins"], agree["ties"], agree["losses"]) == (1, 2, 1)
     assert agree["order_consistency"] == pytest.approx(0.75) and agree["baseline"] == "GPT4"
@@ -230,7 +284,9 @@ def test_compare_sits_below_the_runner_and_the_trainer():
     import subprocess
     import sys
 
-    code = ("import sys, llm4academic.compare; bad = [m for m in ('torch', 'llm4academic.train', "
-            "'llm4academic.pipeline') if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, llm4academic.compare; bad = [m for m in ('torch', 'llm4academic.train', "
+        "'llm4academic.pipeline') if m in sys.modules]; assert not bad, bad"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, SMOKE, write
-from llm4academic.config import (ConfigError, StudyParams, apply_override, format_key_path, load_params,
-                                 parse_key_path)
+
+from llm4academic.config import ConfigError, StudyParams, apply_override, format_key_path, load_params, parse_key_path
 
 ALPACA = "pkg:instruct/alpaca/alpaca_data.first1825.json"
 
@@ -152,19 +151,32 @@ def test_config_module_imports_no_torch():
 
 
 def test_cli_config_prints_resolved_params():
-    out = subprocess.run([sys.executable, "-m", "llm4academic", "config", str(SMOKE), "--json",
-                          "--set", "seed=5"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "llm4academic", "config", str(SMOKE), "--json", "--set", "seed=5"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     resolved = json.loads(out)
     assert resolved["seed"] == 5 and resolved["data"]["sources"][0]["path"].endswith(".json")
-    as_yaml = subprocess.run([sys.executable, "-m", "llm4academic", "config", str(SMOKE)],
-                             capture_output=True, text=True, check=True).stdout
+    as_yaml = subprocess.run(
+        [sys.executable, "-m", "llm4academic", "config", str(SMOKE)], capture_output=True, text=True, check=True
+    ).stdout
     assert yaml.safe_load(as_yaml)["name"] == "smoke"
 
 
 def test_data_layer_params(tmp_path):
     f = study_yaml(tmp_path, BASE)
-    p = load_params(f, ["data.sources[0].weight=0.7", "data.sources[1].count=5", "data.clean.languages=[en]",
-                        "data.decontaminate=true", "data.mix.total=100"])
+    p = load_params(
+        f,
+        [
+            "data.sources[0].weight=0.7",
+            "data.sources[1].count=5",
+            "data.clean.languages=[en]",
+            "data.decontaminate=true",
+            "data.mix.total=100",
+        ],
+    )
     assert (p.data.sources[0].weight, p.data.sources[1].count, p.data.mix.total) == (0.7, 5, 100)
     assert p.data.clean.near_dedup.enabled and p.data.contamination.n_en == 13 and p.length_tokenizer.name == "m"
     with pytest.raises(ConfigError, match=r"data.sources\[0\]: give weight .* or count .*, not both"):
@@ -180,8 +192,15 @@ def test_data_layer_params(tmp_path):
 def test_evaluate_items_and_compare_params():
     from llm4academic.evaluate import zbench_items
 
-    p = load_params(SMOKE, ["evaluate.limit=null", "evaluate.items=[domain-000, advanced-193]",
-                            "compare.examples=[advanced-193]", "compare.n_boot=200"])
+    p = load_params(
+        SMOKE,
+        [
+            "evaluate.limit=null",
+            "evaluate.items=[domain-000, advanced-193]",
+            "compare.examples=[advanced-193]",
+            "compare.n_boot=200",
+        ],
+    )
     assert list(zbench_items(p)["item_id"]) == ["domain-000", "advanced-193"]  # in the order given
     assert p.compare.n_boot == 200 and p.compare.examples == ["advanced-193"]
     with pytest.raises(ConfigError, match="evaluate.items and evaluate.limit both choose the items"):

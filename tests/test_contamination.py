@@ -2,15 +2,18 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import SAMPLES
 
 from llm4academic.config import KitError
 from llm4academic.data import contamination as cont
 from llm4academic.data import formats
 from llm4academic.zbench import load_zbench
-from conftest import SAMPLES
 
-SHIPPED = {"alpaca": "alpaca/alpaca_data.first1825.json",
-           "chinese_alpaca": "chinese_alpaca/alpaca_data-0-3252-zh.first2000.json", "belle": "belle/dev1K.json"}
+SHIPPED = {
+    "alpaca": "alpaca/alpaca_data.first1825.json",
+    "chinese_alpaca": "chinese_alpaca/alpaca_data-0-3252-zh.first2000.json",
+    "belle": "belle/dev1K.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +24,10 @@ def zb():
 @pytest.fixture(scope="module")
 def samples():
     """All records the package ships (alpaca, chinese_alpaca, belle) as one DataFrame."""
-    parts = [formats.load_file(SAMPLES / path, source=name, on_invalid="skip")[0].to_pandas()
-             for name, path in SHIPPED.items()]
+    parts = [
+        formats.load_file(SAMPLES / path, source=name, on_invalid="skip")[0].to_pandas()
+        for name, path in SHIPPED.items()
+    ]
     return pd.concat(parts, ignore_index=True)
 
 
@@ -43,7 +48,7 @@ def planted(samples, **texts):
 
 
 def hits(report) -> dict[str, list[str]]:
-    return dict(zip(report.records["id"], report.records["item_ids"]))
+    return dict(zip(report.records["id"], report.records["item_ids"], strict=False))
 
 
 def test_normalise():
@@ -68,13 +73,24 @@ def test_planted_prompts_found(samples, zb):
     full_width = prompt(zb, "advanced-000").translate({c: c + 0xFEE0 for c in range(0x21, 0x7F)})
     mixed = prompt(zb, "advanced-150")  # 请分析这段话：RAID 45 (a combination of RAID 4 …) …
     english = prompt(zb, "advanced-145").upper()  # Let's write a tetris game in Golang …
-    records = planted(samples, zh_input={"input": zh}, zh_output={"output": "题目如下。" + full_width},
-                      mixed={"output": mixed}, en={"input": english},
-                      chat={"conversation": [{"role": "user", "content": "你好"},
-                                             {"role": "user", "content": zh.replace("\n", " ")}]})
+    records = planted(
+        samples,
+        zh_input={"input": zh},
+        zh_output={"output": "题目如下。" + full_width},
+        mixed={"output": mixed},
+        en={"input": english},
+        chat={
+            "conversation": [{"role": "user", "content": "你好"}, {"role": "user", "content": zh.replace("\n", " ")}]
+        },
+    )
     report = cont.find_contamination(records, zb, progress=False)
-    assert hits(report) == {"zh_input": ["domain-000"], "zh_output": ["advanced-000"], "mixed": ["advanced-150"],
-                            "en": ["advanced-145"], "chat": ["domain-000"]}
+    assert hits(report) == {
+        "zh_input": ["domain-000"],
+        "zh_output": ["advanced-000"],
+        "mixed": ["advanced-150"],
+        "en": ["advanced-145"],
+        "chat": ["domain-000"],
+    }
     m = report.matches.set_index("id")
     assert (m["field"] == "prompt").all()
     assert m.loc["zh_input", "shared_ngrams"] == m.loc["zh_input", "item_ngrams"] > 50  # all of its n-grams
@@ -102,10 +118,14 @@ def test_short_items(samples, zb):
     assert fields["reference"]["too_short"] == len(report.too_short.query("field == 'reference'"))
     assert report.counts["items_too_short"] == 7  # basic-000 & co: short prompt, short or empty reference
 
-    records = planted(samples, whole={"input": "香蕉的平方根是多少？"}, part={"input": "香蕉的平方根"},
-                      batman={"output": "谁是蝙蝠侠？"},
-                      split={"instruction": "将此更正为标准英语：", "input": "She no went to the market."},
-                      other={"instruction": "将此更正为标准英语：", "input": "I has an apple."})
+    records = planted(
+        samples,
+        whole={"input": "香蕉的平方根是多少？"},
+        part={"input": "香蕉的平方根"},
+        batman={"output": "谁是蝙蝠侠？"},
+        split={"instruction": "将此更正为标准英语：", "input": "She no went to the market."},
+        other={"instruction": "将此更正为标准英语：", "input": "I has an apple."},
+    )
     report = cont.find_contamination(records, zb, progress=False)
     assert hits(report) == {"whole": ["basic-006"], "split": ["basic-020"]}
     assert report.matches.set_index("id").loc["split", "example"] == "将此更正为标准英语 she no went to the market"

@@ -4,8 +4,8 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import SMOKE, write
+
 from llm4academic import evaluate
 from llm4academic.config import load_params
 from llm4academic.zbench import REFERENCE_MODELS
@@ -25,8 +25,7 @@ def test_seed_layout_csvs(evaluated):
     out = run_dir / "artifacts" / "evaluate"
     for split in ("basic", "advanced", "domain"):
         table = pd.read_csv(out / f"zbench_{split}.csv", keep_default_na=False)
-        assert list(table.columns) == ["Prompt", "任务类型", "参考回答", "tiny-llama", "tiny-bloom",
-                                       *REFERENCE_MODELS]
+        assert list(table.columns) == ["Prompt", "任务类型", "参考回答", "tiny-llama", "tiny-bloom", *REFERENCE_MODELS]
         assert len(table) == 2 and table["任务类型"].str.startswith("`").all()
     first = pd.read_csv(out / "zbench_basic.csv", keep_default_na=False).iloc[0]
     assert first["Prompt"] == "谁是蝙蝠侠" and "蝙蝠侠" in first["GPT4"]
@@ -51,17 +50,28 @@ def test_rerun_uses_the_cache_and_tuned_models_join(evaluated, tmp_path):
     assert all(c["generated"] == 0 and c["cached"] == 6 for c in again["info"]["cache"])
     final = run_dir / "artifacts" / "train" / "tiny-llama" / "final"
     final.mkdir(parents=True)
-    write(run_dir / "artifacts" / "train" / "checkpoints.json",
-          json.dumps({"models": [{"model": "tiny-llama", "final": str(final)}]}))
+    write(
+        run_dir / "artifacts" / "train" / "checkpoints.json",
+        json.dumps({"models": [{"model": "tiny-llama", "final": str(final)}]}),
+    )
     names = [m.name for m in evaluate.evaluated_models(load_params(SMOKE, FAST), run_dir)]
     assert names == ["tiny-llama", "tiny-bloom", "tiny-llama-tuned"]
-    assert [m.name for m in evaluate.evaluated_models(load_params(SMOKE, [*FAST, "evaluate.base=false"]),
-                                                      run_dir)] == ["tiny-llama-tuned"]
+    assert [m.name for m in evaluate.evaluated_models(load_params(SMOKE, [*FAST, "evaluate.base=false"]), run_dir)] == [
+        "tiny-llama-tuned"
+    ]
 
 
 def test_judge_grades_and_pairwise_both_orders(tmp_path):
-    params = load_params(SMOKE, [*FAST, "evaluate.splits=[basic]", "evaluate.base=true",
-                                 "evaluate.judge.model=tiny-llama", "evaluate.judge.baseline=GPT4"])
+    params = load_params(
+        SMOKE,
+        [
+            *FAST,
+            "evaluate.splits=[basic]",
+            "evaluate.base=true",
+            "evaluate.judge.model=tiny-llama",
+            "evaluate.judge.baseline=GPT4",
+        ],
+    )
     result = evaluate.run(params, tmp_path, progress=False)
     judged = result["judge"]
     assert set(judged["model"]) == {"tiny-llama", "tiny-bloom"} and judged["judge_expected"].between(1, 10).all()

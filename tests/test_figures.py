@@ -26,8 +26,11 @@ def _close_figures():
 
 @pytest.fixture(scope="module")
 def primary():
-    rows = [(item, item.split("-")[0], m, "contains", float(v)) for m, vs in SCORES.items()
-            for item, v in zip(ITEMS, vs, strict=True)]
+    rows = [
+        (item, item.split("-")[0], m, "contains", float(v))
+        for m, vs in SCORES.items()
+        for item, v in zip(ITEMS, vs, strict=True)
+    ]
     return pd.DataFrame(rows, columns=["item_id", "split", "model", "scorer", "score"])
 
 
@@ -47,28 +50,47 @@ def test_style_and_palette(colours):
 def test_explore_figures():
     draws = pd.DataFrame({"source": ["alpaca", "belle"], "available": [10, 20], "taken": [5, 20]})
     assert isinstance(figures.plot_mix(draws, 25, seed=1), Figure)
-    per_source = pd.DataFrame({"source": ["alpaca", "belle"], "records": [5, 20], "share": [.2, .8]})
-    langs = pd.DataFrame({"source": ["alpaca", "belle", "belle"], "language": ["en", "zh", "en"],
-                          "share": [1, .9, .1]})
+    per_source = pd.DataFrame({"source": ["alpaca", "belle"], "records": [5, 20], "share": [0.2, 0.8]})
+    langs = pd.DataFrame(
+        {"source": ["alpaca", "belle", "belle"], "language": ["en", "zh", "en"], "share": [1, 0.9, 0.1]}
+    )
     assert isinstance(figures.plot_sources_languages(per_source, langs), Figure)
-    chars = pd.DataFrame({"source": ["alpaca", "belle"] * 4, "field": ["instruction"] * 4 + ["output"] * 4,
-                          "chars": [10, 20, 0, 40, 50, 60, 70, 80]})
+    chars = pd.DataFrame(
+        {
+            "source": ["alpaca", "belle"] * 4,
+            "field": ["instruction"] * 4 + ["output"] * 4,
+            "chars": [10, 20, 0, 40, 50, 60, 70, 80],
+        }
+    )
     assert isinstance(figures.plot_length_ecdf(chars), Figure)
     tokens = chars.rename(columns={"chars": "tokens"}).assign(model="tiny-llama")
     assert isinstance(figures.plot_token_lengths(tokens), Figure)
-    verbs = pd.DataFrame({"verb": ["write", "write", "give"], "object": ["poem", "story", "list"],
-                          "records": [3, 2, 1]})
+    verbs = pd.DataFrame(
+        {"verb": ["write", "write", "give"], "object": ["poem", "story", "list"], "records": [3, 2, 1]}
+    )
     assert isinstance(figures.plot_leading_verbs(verbs), Figure)
 
 
 def test_train_and_evaluate_figures():
-    curves = pd.DataFrame({"model": "tiny-llama", "step": [1, 2, 1, 2], "metric": ["loss", "loss", "lr", "lr"],
-                           "value": [2.0, 1.5, 1e-4, 5e-5]})
+    curves = pd.DataFrame(
+        {
+            "model": "tiny-llama",
+            "step": [1, 2, 1, 2],
+            "metric": ["loss", "loss", "lr", "lr"],
+            "value": [2.0, 1.5, 1e-4, 5e-5],
+        }
+    )
     assert isinstance(figures.plot_train_curves(curves), Figure)
-    summary = pd.DataFrame({"model": ["x", "x", "GPT4", "GPT4"], "split": "overall",
-                            "scorer": ["contains", "rouge_l"] * 2, "score": [.5, .3, .8, .4]})
+    summary = pd.DataFrame(
+        {
+            "model": ["x", "x", "GPT4", "GPT4"],
+            "split": "overall",
+            "scorer": ["contains", "rouge_l"] * 2,
+            "score": [0.5, 0.3, 0.8, 0.4],
+        }
+    )
     assert isinstance(figures.plot_scorers(summary), Figure)
-    matrix = pd.DataFrame({"化学": [.5, 1.0], "物理": [np.nan, 0.0]}, index=["x", "GPT4"])
+    matrix = pd.DataFrame({"化学": [0.5, 1.0], "物理": [np.nan, 0.0]}, index=["x", "GPT4"])
     assert isinstance(figures.plot_tag_heatmap(matrix), Figure)
 
 
@@ -80,8 +102,17 @@ def test_compare_figures(primary, colours):
     assert isinstance(figures.plot_deltas(deltas, colours), Figure)
     lengths = primary[["model", "item_id"]].assign(chars=np.arange(len(primary)) * 7 + 1)
     assert isinstance(figures.plot_length_bias(primary, lengths, colours), Figure)
-    agreement = pd.DataFrame({"model": ["x", "x-tuned"], "n": [4, 4], "wins": [1, 2], "ties": [2, 1],
-                              "losses": [1, 1], "order_consistency": [.75, 1.0], "baseline": "GPT4"})
+    agreement = pd.DataFrame(
+        {
+            "model": ["x", "x-tuned"],
+            "n": [4, 4],
+            "wins": [1, 2],
+            "ties": [2, 1],
+            "losses": [1, 1],
+            "order_consistency": [0.75, 1.0],
+            "baseline": "GPT4",
+        }
+    )
     assert isinstance(figures.plot_judge(agreement, colours), Figure)
     curves = pd.DataFrame({"model": "x-tuned", "step": [1, 2], "metric": "loss", "value": [2.0, 1.5]})
     assert isinstance(figures.plot_curves(curves, colours), Figure)

@@ -4,11 +4,20 @@ from pathlib import Path
 
 import datasets
 import pytest
-
 from conftest import SAMPLES, write
+
 from llm4academic.config import FORMAT_NAMES
-from llm4academic.data.formats import (COLUMNS, DETECTION_ORDER, FORMATS, RECORD_FEATURES, DataError, detect_format,
-                                       inspect_file, iter_raw, load_file)
+from llm4academic.data.formats import (
+    COLUMNS,
+    DETECTION_ORDER,
+    FORMATS,
+    RECORD_FEATURES,
+    DataError,
+    detect_format,
+    inspect_file,
+    iter_raw,
+    load_file,
+)
 
 ALPACA = SAMPLES / "alpaca" / "alpaca_data.first1825.json"
 ZH = SAMPLES / "chinese_alpaca" / "alpaca_data-0-3252-zh.first2000.json"
@@ -34,8 +43,12 @@ def test_shipped_alpaca_json_array():
     assert ds.features == RECORD_FEATURES and tuple(ds.column_names) == COLUMNS
     first = ds[0]
     assert first["instruction"] == "Give three tips for staying healthy."
-    assert (first["id"], first["source"], first["language"], first["conversation"]) == ("alpaca-000000", "alpaca",
-                                                                                        "en", [])
+    assert (first["id"], first["source"], first["language"], first["conversation"]) == (
+        "alpaca-000000",
+        "alpaca",
+        "en",
+        [],
+    )
     assert set(ds["chosen"]) == set(ds["rejected"]) == {""}
 
 
@@ -61,13 +74,20 @@ def test_gzip_jsonl_and_missing_input(tmp_path):
     assert rep.layout == "jsonl" and len(ds) == 2 and ds[0]["input"] == ""
 
 
-@pytest.mark.parametrize("line,expected,reason", [
-    ('{"instruction": "a", "output": ', "malformed JSON", "malformed_json"),
-    ('{"instruction": "a", "input": ""}', "missing field 'output' (expected a string)", "missing:output"),
-    ('{"instruction": 3, "output": "b"}', "field 'instruction' is int, expected a string", "wrong_type:instruction"),
-    ('{"instruction": "  ", "output": "b"}', "field 'instruction' is empty", "empty:instruction"),
-    ('["a", "b"]', "expected a JSON object, got list", "not_an_object"),
-])
+@pytest.mark.parametrize(
+    "line,expected,reason",
+    [
+        ('{"instruction": "a", "output": ', "malformed JSON", "malformed_json"),
+        ('{"instruction": "a", "input": ""}', "missing field 'output' (expected a string)", "missing:output"),
+        (
+            '{"instruction": 3, "output": "b"}',
+            "field 'instruction' is int, expected a string",
+            "wrong_type:instruction",
+        ),
+        ('{"instruction": "  ", "output": "b"}', "field 'instruction' is empty", "empty:instruction"),
+        ('["a", "b"]', "expected a JSON object, got list", "not_an_object"),
+    ],
+)
 def test_bad_jsonl_lines(tmp_path, line, expected, reason):
     p = write(tmp_path / "bad.jsonl", "\n".join([rec(), rec(), line, rec()]) + "\n")
     with pytest.raises(DataError) as e:
@@ -79,7 +99,7 @@ def test_bad_jsonl_lines(tmp_path, line, expected, reason):
 
 
 def test_malformed_json_array_names_line(tmp_path):
-    p = write(tmp_path / "arr.json", "[\n" + rec() + ",\n" + rec() + ",\n{\"instruction\": oops}\n]\n")
+    p = write(tmp_path / "arr.json", "[\n" + rec() + ",\n" + rec() + ',\n{"instruction": oops}\n]\n')
     with pytest.raises(DataError, match=rf"{p}:4: malformed JSON array element"):
         load_file(p, source="s", on_invalid="skip")  # an array cannot be resynchronised: always an error
     q = write(tmp_path / "arr2.json", "[" + rec() + " " + rec() + "]")
@@ -123,8 +143,18 @@ def test_format_names_and_detection_order():
     assert FORMATS["firefly"].required == ("conversation",)  # the first signature, for one-signature callers
 
 
-@pytest.mark.parametrize("path,fmt", [(ALPACA, "alpaca"), (BELLE, "alpaca"), (SEED, "seed_tasks"),
-                                      (FIREFLY, "firefly"), (SHAREGPT, "sharegpt"), (OIG, "oig"), (HH, "hh_rlhf")])
+@pytest.mark.parametrize(
+    "path,fmt",
+    [
+        (ALPACA, "alpaca"),
+        (BELLE, "alpaca"),
+        (SEED, "seed_tasks"),
+        (FIREFLY, "firefly"),
+        (SHAREGPT, "sharegpt"),
+        (OIG, "oig"),
+        (HH, "hh_rlhf"),
+    ],
+)
 def test_each_real_sample_fits_exactly_one_format(path, fmt):
     """The signatures are disjoint on real data: detection does not depend on the order for them."""
     _, rows = iter_raw(path)
@@ -165,8 +195,13 @@ def test_seed_tasks_fixture_one_record_per_instance():
 
 
 def test_seed_tasks_several_instances_and_max_records(tmp_path):
-    task = {"id": "t", "name": "n", "instruction": "Add.", "is_classification": False,
-            "instances": [{"input": "1+1", "output": "2"}, {"input": "2+2", "output": "4"}, {"output": "0"}]}
+    task = {
+        "id": "t",
+        "name": "n",
+        "instruction": "Add.",
+        "is_classification": False,
+        "instances": [{"input": "1+1", "output": "2"}, {"input": "2+2", "output": "4"}, {"output": "0"}],
+    }
     p = write(tmp_path / "seed.jsonl", json.dumps(task) + "\n" + json.dumps(task) + "\n")
     ds, rep = load_file(p, source="s")
     assert (rep.read, rep.kept) == (2, 6) and ds["id"][:3] == ["s-000000", "s-000001", "s-000002"]
@@ -199,15 +234,25 @@ def test_sharegpt_fixture_json_array():
     assert (rep.layout, rep.read, rep.kept) == ("json-array", 30, 30)
     first = ds[0]
     assert (first["instruction"], first["input"]) == ("Who are you?", "")
-    assert first["output"] == ("I am Vicuna, a language model trained by researchers from Large Model Systems "
-                               "Organization (LMSYS).")
+    assert first["output"] == (
+        "I am Vicuna, a language model trained by researchers from Large Model Systems Organization (LMSYS)."
+    )
     assert roles(first) == ["user", "assistant"] * 2 and first["conversation"][3]["content"] == "You too!"
     assert sorted({len(c) for c in ds["conversation"]}) == [2, 4, 6]
 
 
 def test_sharegpt_speaker_names_and_system_turn(tmp_path):
-    turns = [("system", "Be brief."), ("user", "Hi"), ("chatgpt", "Hello"), ("human", "Again"), ("bing", "Hi"),
-             ("human", "More"), ("bard", "Yes"), ("human", "Last"), ("assistant", "Ok")]
+    turns = [
+        ("system", "Be brief."),
+        ("user", "Hi"),
+        ("chatgpt", "Hello"),
+        ("human", "Again"),
+        ("bing", "Hi"),
+        ("human", "More"),
+        ("bard", "Yes"),
+        ("human", "Last"),
+        ("assistant", "Ok"),
+    ]
     obj = {"id": "x", "conversations": [{"from": f, "value": v} for f, v in turns]}
     ds, _ = load_file(write(tmp_path / "s.json", json.dumps([obj])), source="s")
     assert roles(ds[0]) == ["system"] + ["user", "assistant"] * 4
@@ -222,8 +267,9 @@ def test_oig_fixture_named_bot_tag():
     assert first["output"].startswith("Did your computer ever stop working (freeze)")
     assert {tuple(roles(r)) for r in ds} == {("user", "assistant")}
     # Lines 185 and 252: "Q:"/"A:" at a line start belong to the human turn; only "Rosey:" is a speaker tag.
-    assert ds[28]["instruction"].endswith("\nQ:What do you call a very fast llama?\nA:A Llamaghini! Why is this joke "
-                                          "funny?")
+    assert ds[28]["instruction"].endswith(
+        "\nQ:What do you call a very fast llama?\nA:A Llamaghini! Why is this joke funny?"
+    )
     assert ds[29]["instruction"].endswith("A: It was rated arrrrrgh!\nA: It was rated arrrrrgh!")
     assert ds[29]["output"].startswith("In the U. S. there is a system of rating movies:")
 
@@ -232,7 +278,11 @@ def test_oig_bot_tags_multi_turn(tmp_path):
     text = "<human>: What is 2+2?\n<bot>: 4.\n<human>: And 3+3?\n<bot>: 6."
     ds, _ = load_file(write(tmp_path / "o.jsonl", json.dumps({"text": text, "metadata": {"source": "x"}})), source="o")
     assert [(t["role"], t["content"]) for t in ds[0]["conversation"]] == [
-        ("user", "What is 2+2?"), ("assistant", "4."), ("user", "And 3+3?"), ("assistant", "6.")]
+        ("user", "What is 2+2?"),
+        ("assistant", "4."),
+        ("user", "And 3+3?"),
+        ("assistant", "6."),
+    ]
 
 
 def test_hh_rlhf_fixture_preference_pairs():
@@ -240,8 +290,10 @@ def test_hh_rlhf_fixture_preference_pairs():
     assert (rep.layout, rep.read, rep.kept) == ("jsonl", 28, 28)
     first = ds[0]
     assert first["instruction"] == "Do you know why turkeys became the official food of thanksgiving?"
-    assert first["chosen"].startswith("To be honest, I don’t know anything about that.") and first["output"] == first[
-        "chosen"]
+    assert (
+        first["chosen"].startswith("To be honest, I don’t know anything about that.")
+        and first["output"] == first["chosen"]
+    )
     assert first["rejected"].startswith("I know that the American Indians were the first to celebrate")
     assert roles(first) == ["user", "assistant"] and first["conversation"][-1]["content"] == first["chosen"]
     assert all(r["conversation"][-1]["content"] == r["chosen"] != r["rejected"] for r in ds)
@@ -249,19 +301,29 @@ def test_hh_rlhf_fixture_preference_pairs():
     assert roles(ds[20]) == ["user", "assistant"] * 3 and ds[20]["conversation"][3]["content"] == ""
     assert (ds[20]["chosen"], ds[20]["rejected"], ds[24]["rejected"]) == ("The sky’s the limit!", "", "")
     # Line 169: the rejected reply went on with "\n\nAssistant:" — one reply, not a new turn; line 1167: the chosen.
-    assert ds[21]["rejected"].startswith("A complete list would be quite long") and "Alright, let’s see" in ds[21][
-        "rejected"]
-    assert ds[26]["chosen"] == ("Umm. Just a second...\n\nA solar panel should cost about $50 to $80, depending on "
-                                "the size and quality.")
+    assert (
+        ds[21]["rejected"].startswith("A complete list would be quite long")
+        and "Alright, let’s see" in ds[21]["rejected"]
+    )
+    assert ds[26]["chosen"] == (
+        "Umm. Just a second...\n\nA solar panel should cost about $50 to $80, depending on the size and quality."
+    )
     assert not any("\n\nAssistant:" in r["chosen"] + r["rejected"] for r in ds)
 
 
 def test_dolly_and_gpt4all_synthetic(tmp_path):
-    dolly = {"instruction": "Summarise the text.", "context": "Dolly is a sheep.", "response": "A sheep.",
-             "category": "summarization"}
+    dolly = {
+        "instruction": "Summarise the text.",
+        "context": "Dolly is a sheep.",
+        "response": "A sheep.",
+        "category": "summarization",
+    }
     ds, rep = load_file(write(tmp_path / "d.jsonl", json.dumps(dolly) + "\n"), source="d")
     assert rep.format == "dolly" and (ds[0]["instruction"], ds[0]["input"], ds[0]["output"]) == (
-        "Summarise the text.", "Dolly is a sheep.", "A sheep.")
+        "Summarise the text.",
+        "Dolly is a sheep.",
+        "A sheep.",
+    )
     ds, rep = load_file(write(tmp_path / "g.json", json.dumps([{"prompt": "Hi?", "response": "Hello."}])), source="g")
     assert rep.format == "gpt4all" and (ds[0]["instruction"], ds[0]["input"], ds[0]["output"]) == ("Hi?", "", "Hello.")
 
@@ -275,12 +337,26 @@ def test_all_formats_concatenate(tmp_path):
 
 def test_inspect_file(tmp_path):
     info = inspect_file(HH)
-    assert info == {"path": str(HH), "format": "hh_rlhf", "layout": "jsonl", "read": 28, "records": 28,
-                    "invalid": {}, "invalid_total": 0, "examples": [], "languages": {"en": 28},
-                    "multi_turn": 28, "preference_pairs": 28}
+    assert info == {
+        "path": str(HH),
+        "format": "hh_rlhf",
+        "layout": "jsonl",
+        "read": 28,
+        "records": 28,
+        "invalid": {},
+        "invalid_total": 0,
+        "examples": [],
+        "languages": {"en": 28},
+        "multi_turn": 28,
+        "preference_pairs": 28,
+    }
     info = json.loads(json.dumps(inspect_file(ALPACA)))
-    assert (info["format"], info["records"], info["invalid"], info["invalid_total"]) == ("alpaca", 1821,
-                                                                                         {"empty:output": 4}, 4)
+    assert (info["format"], info["records"], info["invalid"], info["invalid_total"]) == (
+        "alpaca",
+        1821,
+        {"empty:output": 4},
+        4,
+    )
     assert info["examples"][0] == f"{ALPACA}:1422: field 'output' is empty" and info["languages"] == {"en": 1821}
     assert inspect_file(FIREFLY, fmt="firefly")["languages"] == {"zh": 7, "en": 3}
     with pytest.raises(DataError, match=":1422: field 'output' is empty"):
@@ -301,67 +377,166 @@ def sgpt(*turns):
 
 
 BAD = [  # (good record, bad record, the start of the message after "file:line: ", reason)
-    (SEED_OK, {**SEED_OK, "instances": None}, "missing field 'instances' (expected a list of objects)",
-     "missing:instances"),
-    (SEED_OK, {**SEED_OK, "instances": "2"}, "field 'instances' is str, expected a list of objects",
-     "wrong_type:instances"),
+    (
+        SEED_OK,
+        {**SEED_OK, "instances": None},
+        "missing field 'instances' (expected a list of objects)",
+        "missing:instances",
+    ),
+    (
+        SEED_OK,
+        {**SEED_OK, "instances": "2"},
+        "field 'instances' is str, expected a list of objects",
+        "wrong_type:instances",
+    ),
     (SEED_OK, {**SEED_OK, "instances": []}, "field 'instances' is an empty list", "empty:instances"),
     (SEED_OK, {**SEED_OK, "instances": [3]}, "field 'instances[0]' is int, expected an object", "wrong_type:instances"),
-    (SEED_OK, {**SEED_OK, "instances": [{"input": "", "output": "1"}, {"input": "x", "output": " "}]},
-     "field 'instances[1].output' is empty", "empty:instances.output"),
-    (FIREFLY_OK, {"conversation": [{"human": "Hi", "assistant": "Hello"}, {"human": "More"}]},
-     "missing field 'conversation[1].assistant' (expected a string)", "missing:conversation.assistant"),
-    (FIREFLY_OK, {"conversation": [{"human": 7, "assistant": "Hello"}]},
-     "field 'conversation[0].human' is int, expected a string", "wrong_type:conversation.human"),
-    (FIREFLY_OK, {"conversation": [{"human": "", "assistant": "Hello"}]}, "field 'conversation[0].human' is empty",
-     "empty:conversation.human"),
-    (SHAREGPT_OK, sgpt(("human", "Hi"), ("robot", "Hello")),
-     "field 'conversations[1].from' is 'robot', expected one of human, user, gpt, assistant, chatgpt, bing, bard, "
-     "system", "unknown_role:conversations"),
-    (SHAREGPT_OK, sgpt(("gpt", "Hello"), ("human", "Hi"), ("gpt", "Yes")),
-     "conversations[0] has role 'assistant', expected 'user' (user and assistant turns alternate",
-     "not_alternating:conversations"),
-    (SHAREGPT_OK, sgpt(("human", "Hi"), ("system", "Be brief."), ("gpt", "Yes")),
-     "conversations[1] has role 'system', expected 'assistant'", "not_alternating:conversations"),
-    (SHAREGPT_OK, sgpt(("human", "Hi"), ("gpt", "Hello"), ("human", "Bye")),
-     "field 'conversations' ends with a user turn, expected it to end with an assistant reply",
-     "not_alternating:conversations"),
-    (SHAREGPT_OK, sgpt(("human", "Hi"), ("gpt", "")), "field 'conversations[1].value' is empty",
-     "empty:conversations.value"),
-    (SHAREGPT_OK, {"id": "z", "conversations": {"from": "human"}},
-     "field 'conversations' is dict, expected a list of objects", "wrong_type:conversations"),
-    (OIG_OK, {"text": "Just some prose, no speakers."},
-     "field 'text' cannot be split into turns: it holds no speaker tag; expected turns tagged <human>: and <bot>:",
-     "unsplittable:text"),
-    (OIG_OK, {"text": "Preamble\n<human>: Hi\n<bot>: Hello"},
-     "field 'text' cannot be split into turns: it starts with untagged text 'Preamble'; expected turns tagged",
-     "unsplittable:text"),
-    (OIG_OK, {"text": "<human>: Hi\n<human>: Hello?\n<bot>: Yes"},
-     "text turn 2 (<human>:) has role 'user', expected 'assistant'", "not_alternating:text"),
-    (OIG_OK, {"text": "<human>: Hi\n<bot>:  \n<human>: Well?\n<bot>: Yes"},
-     "text turn 2 (<bot>:) is empty (expected the assistant turn's text)", "empty:text"),
+    (
+        SEED_OK,
+        {**SEED_OK, "instances": [{"input": "", "output": "1"}, {"input": "x", "output": " "}]},
+        "field 'instances[1].output' is empty",
+        "empty:instances.output",
+    ),
+    (
+        FIREFLY_OK,
+        {"conversation": [{"human": "Hi", "assistant": "Hello"}, {"human": "More"}]},
+        "missing field 'conversation[1].assistant' (expected a string)",
+        "missing:conversation.assistant",
+    ),
+    (
+        FIREFLY_OK,
+        {"conversation": [{"human": 7, "assistant": "Hello"}]},
+        "field 'conversation[0].human' is int, expected a string",
+        "wrong_type:conversation.human",
+    ),
+    (
+        FIREFLY_OK,
+        {"conversation": [{"human": "", "assistant": "Hello"}]},
+        "field 'conversation[0].human' is empty",
+        "empty:conversation.human",
+    ),
+    (
+        SHAREGPT_OK,
+        sgpt(("human", "Hi"), ("robot", "Hello")),
+        "field 'conversations[1].from' is 'robot', expected one of human, user, gpt, assistant, chatgpt, bing, bard, "
+        "system",
+        "unknown_role:conversations",
+    ),
+    (
+        SHAREGPT_OK,
+        sgpt(("gpt", "Hello"), ("human", "Hi"), ("gpt", "Yes")),
+        "conversations[0] has role 'assistant', expected 'user' (user and assistant turns alternate",
+        "not_alternating:conversations",
+    ),
+    (
+        SHAREGPT_OK,
+        sgpt(("human", "Hi"), ("system", "Be brief."), ("gpt", "Yes")),
+        "conversations[1] has role 'system', expected 'assistant'",
+        "not_alternating:conversations",
+    ),
+    (
+        SHAREGPT_OK,
+        sgpt(("human", "Hi"), ("gpt", "Hello"), ("human", "Bye")),
+        "field 'conversations' ends with a user turn, expected it to end with an assistant reply",
+        "not_alternating:conversations",
+    ),
+    (
+        SHAREGPT_OK,
+        sgpt(("human", "Hi"), ("gpt", "")),
+        "field 'conversations[1].value' is empty",
+        "empty:conversations.value",
+    ),
+    (
+        SHAREGPT_OK,
+        {"id": "z", "conversations": {"from": "human"}},
+        "field 'conversations' is dict, expected a list of objects",
+        "wrong_type:conversations",
+    ),
+    (
+        OIG_OK,
+        {"text": "Just some prose, no speakers."},
+        "field 'text' cannot be split into turns: it holds no speaker tag; expected turns tagged <human>: and <bot>:",
+        "unsplittable:text",
+    ),
+    (
+        OIG_OK,
+        {"text": "Preamble\n<human>: Hi\n<bot>: Hello"},
+        "field 'text' cannot be split into turns: it starts with untagged text 'Preamble'; expected turns tagged",
+        "unsplittable:text",
+    ),
+    (
+        OIG_OK,
+        {"text": "<human>: Hi\n<human>: Hello?\n<bot>: Yes"},
+        "text turn 2 (<human>:) has role 'user', expected 'assistant'",
+        "not_alternating:text",
+    ),
+    (
+        OIG_OK,
+        {"text": "<human>: Hi\n<bot>:  \n<human>: Well?\n<bot>: Yes"},
+        "text turn 2 (<bot>:) is empty (expected the assistant turn's text)",
+        "empty:text",
+    ),
     (OIG_OK, {"text": ["<human>: Hi"]}, "field 'text' is list, expected a string", "wrong_type:text"),
-    (HH_OK, {**HH_OK, "rejected": "\n\nHuman: Hello there\n\nAssistant: Go away"},
-     "field 'rejected' does not share the prompt of 'chosen' (they differ at turn 1); expected the two transcripts "
-     "to differ only in the final Assistant reply", "prompt_mismatch:rejected"),
-    (HH_OK, {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: Bye",
-             "rejected": "\n\nHuman: Hi\n\nAssistant: Hey\n\nHuman: Bye\n\nAssistant: No"},
-     "field 'rejected' does not share the prompt of 'chosen' (they differ at turn 2)", "prompt_mismatch:rejected"),
-    (HH_OK, {**HH_OK, "chosen": "Hi there. Hello."}, "field 'chosen' cannot be split into turns: it holds no speaker "
-     "tag; expected turns tagged '\\n\\nHuman:' and '\\n\\nAssistant:'", "unsplittable:chosen"),
-    (HH_OK, {**HH_OK, "chosen": "\n\nHuman: Hi\n\nAssistant: "}, "chosen turn 2 (Assistant:), the chosen final reply, "
-     "is empty", "empty:chosen"),
-    (HH_OK, {**HH_OK, "chosen": "\n\nHuman: Hi\n\nHuman: Hi?\n\nAssistant: Hello"},
-     "chosen turn 2 (Human:) has role 'user', expected 'assistant'", "not_alternating:chosen"),
-    (HH_OK, {**HH_OK, "rejected": "\n\nHuman: Hi"}, "field 'rejected' ends with a user turn, expected it to end with "
-     "an assistant reply", "not_alternating:rejected"),
+    (
+        HH_OK,
+        {**HH_OK, "rejected": "\n\nHuman: Hello there\n\nAssistant: Go away"},
+        "field 'rejected' does not share the prompt of 'chosen' (they differ at turn 1); expected the two transcripts "
+        "to differ only in the final Assistant reply",
+        "prompt_mismatch:rejected",
+    ),
+    (
+        HH_OK,
+        {
+            "chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: Bye",
+            "rejected": "\n\nHuman: Hi\n\nAssistant: Hey\n\nHuman: Bye\n\nAssistant: No",
+        },
+        "field 'rejected' does not share the prompt of 'chosen' (they differ at turn 2)",
+        "prompt_mismatch:rejected",
+    ),
+    (
+        HH_OK,
+        {**HH_OK, "chosen": "Hi there. Hello."},
+        "field 'chosen' cannot be split into turns: it holds no speaker "
+        "tag; expected turns tagged '\\n\\nHuman:' and '\\n\\nAssistant:'",
+        "unsplittable:chosen",
+    ),
+    (
+        HH_OK,
+        {**HH_OK, "chosen": "\n\nHuman: Hi\n\nAssistant: "},
+        "chosen turn 2 (Assistant:), the chosen final reply, is empty",
+        "empty:chosen",
+    ),
+    (
+        HH_OK,
+        {**HH_OK, "chosen": "\n\nHuman: Hi\n\nHuman: Hi?\n\nAssistant: Hello"},
+        "chosen turn 2 (Human:) has role 'user', expected 'assistant'",
+        "not_alternating:chosen",
+    ),
+    (
+        HH_OK,
+        {**HH_OK, "rejected": "\n\nHuman: Hi"},
+        "field 'rejected' ends with a user turn, expected it to end with an assistant reply",
+        "not_alternating:rejected",
+    ),
     (HH_OK, {"chosen": HH_OK["chosen"]}, "missing field 'rejected' (expected a string)", "missing:rejected"),
-    ({"instruction": "a", "context": "", "response": "b"}, {"instruction": " ", "context": "", "response": "b"},
-     "field 'instruction' is empty", "empty:instruction"),
-    ({"prompt": "a", "response": "b"}, {"prompt": "a", "response": ["b"]},
-     "field 'response' is list, expected a string", "wrong_type:response"),
-    ({"kind": "k", "input": "a", "target": "b"}, {"kind": "k", "input": "a", "target": ""}, "field 'target' is empty",
-     "empty:target"),
+    (
+        {"instruction": "a", "context": "", "response": "b"},
+        {"instruction": " ", "context": "", "response": "b"},
+        "field 'instruction' is empty",
+        "empty:instruction",
+    ),
+    (
+        {"prompt": "a", "response": "b"},
+        {"prompt": "a", "response": ["b"]},
+        "field 'response' is list, expected a string",
+        "wrong_type:response",
+    ),
+    (
+        {"kind": "k", "input": "a", "target": "b"},
+        {"kind": "k", "input": "a", "target": ""},
+        "field 'target' is empty",
+        "empty:target",
+    ),
     (HH_OK, '{"chosen": "\\n\\nHuman: Hi", ', "malformed JSON", "malformed_json"),
 ]
 
@@ -385,21 +560,26 @@ def test_skip_counts_by_reason_with_examples(tmp_path):
     lines = [SHAREGPT_OK, *bad, *bad, SHAREGPT_OK]
     p = write(tmp_path / "s.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n")
     ds, rep = load_file(p, source="s", on_invalid="skip")
-    assert rep.kept == len(ds) == 2 and rep.skipped == {"unknown_role:conversations": 2,
-                                                          "not_alternating:conversations": 4}
+    assert rep.kept == len(ds) == 2 and rep.skipped == {
+        "unknown_role:conversations": 2,
+        "not_alternating:conversations": 4,
+    }
     assert [e.split(": ")[0] for e in rep.examples] == [f"{p}:{n}" for n in (2, 3, 4, 5, 6)]  # the first MAX_EXAMPLES
     assert inspect_file(p)["invalid"] == {"not_alternating:conversations": 4, "unknown_role:conversations": 2}
 
 
 def test_named_format_that_does_not_fit(tmp_path):
     p = write(tmp_path / "a.jsonl", rec() + "\n")
-    with pytest.raises(DataError, match=rf"{p}:1: missing field 'conversations' \(expected a list of objects\) "
-                                        r"\(sharegpt format"):
+    with pytest.raises(
+        DataError,
+        match=rf"{p}:1: missing field 'conversations' \(expected a list of objects\) "
+        r"\(sharegpt format",
+    ):
         load_file(p, source="s", fmt="sharegpt")
 
 
 def test_non_utf8_inside_gzip(tmp_path):
     p = tmp_path / "x.jsonl.gz"
-    p.write_bytes(gzip.compress((json.dumps(HH_OK) + "\n" + json.dumps(HH_OK)[:-2]).encode() + b"\xff\"}\n"))
+    p.write_bytes(gzip.compress((json.dumps(HH_OK) + "\n" + json.dumps(HH_OK)[:-2]).encode() + b'\xff"}\n'))
     with pytest.raises(DataError, match=rf"{p}:2: not valid UTF-8 \(byte 0xff"):
         load_file(p, source="s", on_invalid="skip")

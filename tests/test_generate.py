@@ -66,7 +66,7 @@ def test_one_by_one_is_plain_generate(tiny_models, items, tmp_path):
     df, _ = run(mp, items.iloc[:2], tmp_path, GenParams(max_new_tokens=8, batch_size=2))
     tok, model = load_tokenizer(mp), load_model(mp)
     ids = G.prompt_ids(G.zbench_record(items["prompt"][1]), tok, "alpaca", seq2seq=False)
-    out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids):].tolist()
+    out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)[0, len(ids) :].tolist()
     assert df["answer"][1] == tok.decode([t for t in out if t != EOS], skip_special_tokens=True)
 
 
@@ -185,13 +185,19 @@ def test_sampling_is_seeded_per_prompt(tiny_models, items, tmp_path):
 
 
 def test_rows_carry_provenance_and_shared_prompts_run_once(tiny_models, items, tmp_path):
-    twice = pd.DataFrame({"item_id": ["x", "y", "z"], "prompt": [items["prompt"][0], items["prompt"][1],
-                                                                 items["prompt"][0]]})
+    twice = pd.DataFrame(
+        {"item_id": ["x", "y", "z"], "prompt": [items["prompt"][0], items["prompt"][1], items["prompt"][0]]}
+    )
     df, rep = run(params(tiny_models("t5"), name="t5-base"), twice, tmp_path, limit=3)
     assert rep.generated == 2 and list(df["item_id"]) == ["x", "y", "z"] and df["key"][0] == df["key"][2]
     row = df.iloc[1]
     assert (row["backend"], row["dtype"], row["batch_size"], row["model"], row["template"]) == (
-        "transformers", "float32", 4, "t5-base", "alpaca")
+        "transformers",
+        "float32",
+        4,
+        "t5-base",
+        "alpaca",
+    )
     assert row["generation"] == {"max_new_tokens": 8, "do_sample": False}
     assert row["versions"] == {"torch": torch.__version__, "transformers": transformers.__version__}
     assert row["finish_reason"] in ("eos", "length") and row["seconds"] > 0 and row["prompt"] == items["prompt"][1]
@@ -216,15 +222,20 @@ def test_bad_requests_are_kit_errors(tiny_models, items, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
 def test_vllm_backend_without_vllm_says_what_to_do_and_writes_nothing(items, tmp_path):
     out = tmp_path / "generations"
-    with pytest.raises(KitError, match=r"evaluate\.backend.*vllm package.*install vllm on a GPU machine.*"
-                                       r"set evaluate\.backend: transformers"):
+    with pytest.raises(
+        KitError,
+        match=r"evaluate\.backend.*vllm package.*install vllm on a GPU machine.*"
+        r"set evaluate\.backend: transformers",
+    ):
         run(params("tiny:llama"), items, out, backend="vllm")
     assert not out.exists()
 
 
 def test_evaluate_backend_is_checked_by_the_params(tmp_path):
-    body = ("name: t\ndata:\n  sources:\n    - name: a\n      path: pkg:instruct/alpaca/alpaca_data.first1825.json\n"
-            "models:\n  - name: m\n    path: tiny:llama\nevaluate:\n  backend: {}\n")
+    body = (
+        "name: t\ndata:\n  sources:\n    - name: a\n      path: pkg:instruct/alpaca/alpaca_data.first1825.json\n"
+        "models:\n  - name: m\n    path: tiny:llama\nevaluate:\n  backend: {}\n"
+    )
     path = tmp_path / "study.yaml"
     path.write_text(body.format("nonsense"), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"study\.yaml:10: evaluate\.backend: .*'transformers' or 'vllm'"):

@@ -1,8 +1,8 @@
 import hashlib
 
 import pytest
-
 from conftest import SMOKE
+
 from llm4academic.config import KitError, load_params
 from llm4academic.data import formats
 from llm4academic.data.clean import column
@@ -12,8 +12,9 @@ from llm4academic.rundir import RunDir
 
 @pytest.fixture(scope="module")
 def pool():
-    params = load_params(SMOKE, ["data.sources[0].max_records=120", "data.sources[1].max_records=80",
-                                 "data.sources[2].max_records=40"])
+    params = load_params(
+        SMOKE, ["data.sources[0].max_records=120", "data.sources[1].max_records=80", "data.sources[2].max_records=40"]
+    )
     return formats.load_sources(params)[0]
 
 
@@ -32,11 +33,9 @@ def sources(*overrides):
 def test_plan_weights_counts_and_all():
     avail = {"alpaca": 120, "chinese_alpaca": 80, "belle": 40}
     assert plan(avail, sources(), None) == avail  # neither weight nor count: everything
-    got = plan(avail, sources("data.sources[0].weight=3", "data.sources[1].weight=1", "data.sources[2].count=10"),
-               None)
+    got = plan(avail, sources("data.sources[0].weight=3", "data.sources[1].weight=1", "data.sources[2].count=10"), None)
     assert got == {"alpaca": 120, "chinese_alpaca": 40, "belle": 10}  # alpaca limits: 120 / 0.75 = 160 < 80 / 0.25
-    got = plan(avail, sources("data.sources[0].weight=1", "data.sources[1].weight=1", "data.sources[2].weight=1"),
-               100)
+    got = plan(avail, sources("data.sources[0].weight=1", "data.sources[1].weight=1", "data.sources[2].weight=1"), 100)
     assert got == {"alpaca": 34, "chinese_alpaca": 33, "belle": 33} and sum(got.values()) == 100
 
 
@@ -50,8 +49,12 @@ def test_plan_errors_name_the_key():
 
 
 def test_same_params_and_seed_same_mix_byte_for_byte(pool, tmp_path):
-    srcs = sources("data.sources[0].weight=2", "data.sources[1].weight=1", "data.sources[2].count=30",
-                   "data.sources[2].replace=true")
+    srcs = sources(
+        "data.sources[0].weight=2",
+        "data.sources[1].weight=1",
+        "data.sources[2].count=30",
+        "data.sources[2].replace=true",
+    )
     a, draws = mix(pool, srcs, None, seed=7)
     b, _ = mix(pool, srcs, None, seed=7)
     sa, sb = save_mix(a, tmp_path / "a", draws, 7), save_mix(b, tmp_path / "b", draws, 7)

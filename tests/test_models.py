@@ -43,8 +43,9 @@ def test_tokenizer_round_trips_chinese_and_english(tiny_models):
     assert len(tok(ZH, add_special_tokens=False)["input_ids"]) < len(ZH.encode("utf-8"))  # merges learned
 
 
-@pytest.mark.parametrize("arch,first,last", [("llama", 1, None), ("opt", 1, None), ("bloom", None, None),
-                                             ("t5", None, 2), ("glm", 1, None)])
+@pytest.mark.parametrize(
+    "arch,first,last", [("llama", 1, None), ("opt", 1, None), ("bloom", None, None), ("t5", None, 2), ("glm", 1, None)]
+)
 def test_framing_matches_the_real_tokenizers(arch, first, last, tiny_models):
     tok = models.load_tokenizer(ModelParams(name=arch, path=str(tiny_models(arch))))
     ids = tok(EN)["input_ids"]
@@ -74,8 +75,11 @@ def test_trust_remote_code_only_when_asked(monkeypatch, tiny_models):
     import transformers
 
     real = transformers.AutoTokenizer.from_pretrained
-    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
-                        lambda *a, **kw: seen.append(kw["trust_remote_code"]) or real(*a, **kw))
+    monkeypatch.setattr(
+        transformers.AutoTokenizer,
+        "from_pretrained",
+        lambda *a, **kw: seen.append(kw["trust_remote_code"]) or real(*a, **kw),
+    )
     path = str(tiny_models("llama"))
     models.load_tokenizer(ModelParams(name="a", path=path))
     models.load_tokenizer(ModelParams(name="b", path=path, trust_remote_code=True))
@@ -84,12 +88,18 @@ def test_trust_remote_code_only_when_asked(monkeypatch, tiny_models):
 
 def test_cli_models_tiny(tmp_path):
     out = tmp_path / "glm"
-    r = subprocess.run([sys.executable, "-m", "llm4academic", "models", "tiny", str(out), "--arch", "glm"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "llm4academic", "models", "tiny", str(out), "--arch", "glm"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").is_file()
-    bad = subprocess.run([sys.executable, "-m", "llm4academic", "models", "tiny", str(out), "--arch", "gpt2"],
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "llm4academic", "models", "tiny", str(out), "--arch", "gpt2"],
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and "expected one of llama, bloom, opt, t5, glm" in bad.stderr
 
 
@@ -135,9 +145,15 @@ def _no_loading(monkeypatch):
 
 def test_chatglm_without_remote_code_fails_clearly_before_loading(tmp_path, monkeypatch):
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    path = _checkpoint(tmp_path, model_type="chatglm", architectures=["ChatGLMModel"],
-                       auto_map={"AutoConfig": "configuration_chatglm.ChatGLMConfig",
-                                 "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration"})
+    path = _checkpoint(
+        tmp_path,
+        model_type="chatglm",
+        architectures=["ChatGLMModel"],
+        auto_map={
+            "AutoConfig": "configuration_chatglm.ChatGLMConfig",
+            "AutoModelForSeq2SeqLM": "modeling_chatglm.ChatGLMForConditionalGeneration",
+        },
+    )
     _no_loading(monkeypatch)
     mp = ModelParams(name="chatglm6b", path=path)
     for call in (models.load_model, models.load_tokenizer, models.model_card):
@@ -154,8 +170,12 @@ def test_unknown_model_type_without_remote_code_fails_clearly(tmp_path, monkeypa
     bare = ModelParams(name="odd", path=_checkpoint(tmp_path / "a", model_type="oddformer"))
     with pytest.raises(KitError, match="model_type 'oddformer', which transformers .* does not implement.*auto_map"):
         models.load_model(bare)
-    coded = ModelParams(name="odd", path=_checkpoint(tmp_path / "b", model_type="oddformer",
-                                                     auto_map={"AutoModelForCausalLM": "modeling_odd.OddLM"}))
+    coded = ModelParams(
+        name="odd",
+        path=_checkpoint(
+            tmp_path / "b", model_type="oddformer", auto_map={"AutoModelForCausalLM": "modeling_odd.OddLM"}
+        ),
+    )
     with pytest.raises(KitError, match="models\\[i\\].trust_remote_code: true"):
         models.load_model(coded)
     with pytest.raises(KitError, match="no model card covers model_type 'oddformer'"):  # code allowed, still no card
@@ -182,14 +202,16 @@ def test_load_model_uses_the_cards_auto_class_and_params(arch, tiny_models, monk
     real = auto.from_pretrained
     monkeypatch.setattr(auto, "from_pretrained", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
     path = str(tiny_models(arch))
-    model = models.load_model(ModelParams(name="m", path=path, card=arch, dtype="bfloat16",
-                                          attn_implementation="eager"))
+    model = models.load_model(
+        ModelParams(name="m", path=path, card=arch, dtype="bfloat16", attn_implementation="eager")
+    )
     assert type(model).__name__ == card.architecture
     assert next(model.parameters()).dtype == torch.bfloat16
     assert model.config._attn_implementation == "eager"
     assert seen[-1]["use_safetensors"] is True and seen[-1]["trust_remote_code"] is False
-    model = models.load_model(ModelParams(name="m", path=path, dtype="bfloat16"), dtype=torch.float32,
-                              attn_implementation="sdpa")  # arguments override the params
+    model = models.load_model(
+        ModelParams(name="m", path=path, dtype="bfloat16"), dtype=torch.float32, attn_implementation="sdpa"
+    )  # arguments override the params
     assert next(model.parameters()).dtype == torch.float32 and model.config._attn_implementation == "sdpa"
     assert seen[-1]["dtype"] is torch.float32
     models.load_model(ModelParams(name="m", path=path))

@@ -24,8 +24,15 @@ def smoke_run(tmp_path_factory):
 def test_smoke_study_writes_the_report(smoke_run):
     manifest, run_dir = smoke_run
     assert manifest["status"] == "ok"
-    for name in ("01_explore_data.ipynb", "01_explore_data.html", "02_train_fsdp.html", "manifest.json", "index.html",
-                 "artifacts/explore/summary.json", "artifacts/explore/token_lengths.csv"):
+    for name in (
+        "01_explore_data.ipynb",
+        "01_explore_data.html",
+        "02_train_fsdp.html",
+        "manifest.json",
+        "index.html",
+        "artifacts/explore/summary.json",
+        "artifacts/explore/token_lengths.csv",
+    ):
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.rglob("*.partial*"))  # everything renamed into place
 
@@ -43,8 +50,11 @@ def test_manifest_has_provenance(smoke_run):
     assert set(files) == {"alpaca", "chinese_alpaca", "belle"}
     assert all(f["sha256"] == sha256_file(f["path"]) for f in files.values())
     assert [(nb["notebook"], nb["status"]) for nb in m["notebooks"]] == [
-        ("01_explore_data.ipynb", "ok"), ("02_train_fsdp.ipynb", "ok"), ("03_evaluate_zbench.ipynb", "ok"),
-        ("04_compare_models.ipynb", "ok")]
+        ("01_explore_data.ipynb", "ok"),
+        ("02_train_fsdp.ipynb", "ok"),
+        ("03_evaluate_zbench.ipynb", "ok"),
+        ("04_compare_models.ipynb", "ok"),
+    ]
     assert all(nb["duration_s"] > 0 for nb in m["notebooks"])
 
 
@@ -53,13 +63,25 @@ def test_html_and_index_say_what_they_should(smoke_run):
     _, run_dir = smoke_run
     page = (run_dir / "01_explore_data.html").read_text()
     assert page.count("data:image/png;base64") >= 3  # the seaborn figures are embedded
-    for heading in ("The catalogue", "Overlap with Z-Bench", "The training mix", "Records per source",
-                    "Lengths in tokens of each studied model", "Leading verbs of English instructions"):
+    for heading in (
+        "The catalogue",
+        "Overlap with Z-Bench",
+        "The training mix",
+        "Records per source",
+        "Lengths in tokens of each studied model",
+        "Leading verbs of English instructions",
+    ):
         assert heading in page, heading
     assert "load_sources(params)" not in page  # inputs hidden by default (report.show_inputs)
     index = (run_dir / "index.html").read_text()
-    for text in ("01_explore_data.ipynb", 'href="01_explore_data.html"', 'class="status ok"', "tiny:llama",
-                 "chinese_alpaca", "manifest.json"):
+    for text in (
+        "01_explore_data.ipynb",
+        'href="01_explore_data.html"',
+        'class="status ok"',
+        "tiny:llama",
+        "chinese_alpaca",
+        "manifest.json",
+    ):
         assert text in index, text
     summary = json.loads((run_dir / "artifacts/explore/summary.json").read_text())
     alpaca = next(r for r in summary["load"] if r["source"] == "alpaca")
@@ -89,8 +111,19 @@ def test_html_and_index_say_what_they_should(smoke_run):
 def test_comparison_notebook_and_headline(smoke_run):
     _, run_dir = smoke_run
     page = (run_dir / "04_compare_models.html").read_text()
-    for heading in ("Leaderboard", "Per split", "Findings", "Per task tag", "What tuning changed", "Length bias",
-                    "Judge agreement", "Training curves", "The data mix", "Answers side by side", "Provenance"):
+    for heading in (
+        "Leaderboard",
+        "Per split",
+        "Findings",
+        "Per task tag",
+        "What tuning changed",
+        "Length bias",
+        "Judge agreement",
+        "Training curves",
+        "The data mix",
+        "Answers side by side",
+        "Provenance",
+    ):
         assert f">{heading}<" in page, heading
     assert page.count("data:image/png;base64") >= 7  # leaderboard, splits, tags, deltas, length, judge, curves
     assert "bootstrap seed <strong>42</strong>" in page and "No judge ran" not in page
@@ -118,11 +151,16 @@ def test_report_in_headless_chromium(smoke_run, tmp_path):
     assert chromium_available() is None, chromium_available()
     _, run_dir = smoke_run
     with Browser() as b:
-        index = b.check(run_dir / "index.html", tmp_path / "index.png",
-                        {"leaderboard": "table#leaderboard", "figures": "img#leaderboard-figure",
-                         "notebooks": "table#notebooks"})
-        nb = b.check(run_dir / "04_compare_models.html", tmp_path / "compare.png",
-                     {"tables": "table.dataframe", "figures": "img"})
+        index = b.check(
+            run_dir / "index.html",
+            tmp_path / "index.png",
+            {"leaderboard": "table#leaderboard", "figures": "img#leaderboard-figure", "notebooks": "table#notebooks"},
+        )
+        nb = b.check(
+            run_dir / "04_compare_models.html",
+            tmp_path / "compare.png",
+            {"tables": "table.dataframe", "figures": "img"},
+        )
     assert index.problems() == [] and nb.problems() == [], (index.problems(), nb.problems())
     assert index.elements["leaderboard"].sizes[0][1] > 200 and index.elements["figures"].sizes[0][0] > 300
     assert nb.elements["figures"].count >= 7 and nb.elements["tables"].count >= 5
@@ -132,14 +170,14 @@ def test_report_in_headless_chromium(smoke_run, tmp_path):
 
 def _failing_notebooks(tmp_path: Path, body: str) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "llm4academic", "display_name": "Python (llm4academic)",
-                                 "language": "python"}
-    nb.cells = [nbformat.v4.new_markdown_cell("# a notebook that fails"),
-                nbformat.v4.new_code_cell('params_path = ""\nrun_dir = ""\noverrides = []',
-                                          metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell('print("before the failure")'),
-                nbformat.v4.new_code_cell(body),
-                nbformat.v4.new_code_cell('print("never reached")')]
+    nb.metadata["kernelspec"] = {"name": "llm4academic", "display_name": "Python (llm4academic)", "language": "python"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# a notebook that fails"),
+        nbformat.v4.new_code_cell('params_path = ""\nrun_dir = ""\noverrides = []', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('print("before the failure")'),
+        nbformat.v4.new_code_cell(body),
+        nbformat.v4.new_code_cell('print("never reached")'),
+    ]
     d = tmp_path / "notebooks"
     d.mkdir()
     nbformat.write(nb, d / "01_explore_data.ipynb")
@@ -150,8 +188,9 @@ def _failing_notebooks(tmp_path: Path, body: str) -> Path:
 def test_failing_notebook(tmp_path):
     nbs = _failing_notebooks(tmp_path, "ratio = 1 / 0")
     with pytest.raises(StudyFailed) as e:
-        run_study(SMOKE, ["description=<script>alert(1)</script>"], reports_dir=tmp_path / "r", notebooks=nbs,
-                  quiet=True)
+        run_study(
+            SMOKE, ["description=<script>alert(1)</script>"], reports_dir=tmp_path / "r", notebooks=nbs, quiet=True
+        )
     msg = str(e.value)
     assert "notebook 01_explore_data.ipynb failed at cell" in msg and "ratio = 1 / 0" in msg
     assert "ZeroDivisionError: division by zero" in msg
@@ -185,20 +224,53 @@ def test_invalid_params_stop_before_running(tmp_path):
 
 
 def test_cli_run_rejects_unknown_key_and_step(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--set", "data.no_such_key=1",
-                        "--reports-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm4academic",
+            "run",
+            str(SMOKE),
+            "--set",
+            "data.no_such_key=1",
+            "--reports-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "data.no_such_key: unknown key" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--only", "trian",
-                        "--reports-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--only", "trian", "--reports-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2 and "unknown step(s) trian" in r.stderr
 
 
 @pytest.mark.slow
 def test_cli_run_failure_exit_code(tmp_path):
     # The real Alpaca sample holds records with an empty output: with on_invalid: error the study stops there.
-    r = subprocess.run([sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--set", "data.on_invalid=error",
-                        "--set", "name=strict", "--reports-dir", str(tmp_path)], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm4academic",
+            "run",
+            str(SMOKE),
+            "--set",
+            "data.on_invalid=error",
+            "--set",
+            "name=strict",
+            "--reports-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 1, r.stderr
     assert "error: notebook 01_explore_data.ipynb failed at cell" in r.stderr
     assert "DataError: " in r.stderr and "alpaca_data.first1825.json:1422: field 'output' is empty" in r.stderr

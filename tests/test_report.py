@@ -15,9 +15,16 @@ from llm4academic.pipeline import render_index, run_study
 pytestmark = pytest.mark.slow
 
 ITEMS = "[basic-000, basic-001, advanced-000, advanced-193, domain-000]"
-REDUCED = ["steps=[evaluate, compare]", "evaluate.limit=null", f"evaluate.items={ITEMS}", "evaluate.max_new_tokens=8",
-           "evaluate.judge={model: tiny-llama, baseline: GPT3.5}", "compare.examples=[advanced-193]",
-           "compare.reference_models=[GPT3.5]", "compare.n_boot=300"]
+REDUCED = [
+    "steps=[evaluate, compare]",
+    "evaluate.limit=null",
+    f"evaluate.items={ITEMS}",
+    "evaluate.max_new_tokens=8",
+    "evaluate.judge={model: tiny-llama, baseline: GPT3.5}",
+    "compare.examples=[advanced-193]",
+    "compare.reference_models=[GPT3.5]",
+    "compare.n_boot=300",
+]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +76,7 @@ def test_script_in_zbench_answers_renders_as_text(twice, tmp_path):
     page_path = reports / "repro-a" / "04_compare_models.html"
     page = page_path.read_text()
     assert "&lt;script&gt; var bird = document.getElementById" in page
-    assert "<script> var bird" not in page and "<div id=\"bird\">" not in page
+    assert "<script> var bird" not in page and '<div id="bird">' not in page
     with Browser() as b:
         report = b.check(page_path, tmp_path / "compare.png", {"figures": "img", "tables": "table.dataframe"})
         assert b.evaluate("typeof window.gravity") == "undefined"  # GPT-3.5's script never ran
@@ -81,8 +88,21 @@ def test_script_in_zbench_answers_renders_as_text(twice, tmp_path):
 def test_compare_two_finished_studies(twice):
     reports, _, _ = twice
     out = reports / "compare-ab"
-    r = subprocess.run([sys.executable, "-m", "llm4academic", "compare", str(reports / "repro-a"),
-                        str(reports / "repro-b"), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "llm4academic",
+            "compare",
+            str(reports / "repro-a"),
+            str(reports / "repro-b"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr
     headline = json.loads((out / "artifacts/compare/headline.json").read_text())
     studied = {row["model"] for row in headline["rows"] if row["kind"] != "reference"}

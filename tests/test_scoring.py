@@ -31,24 +31,27 @@ def real(item, item_id, model):
 
 
 # --------------------------------------------------------------------------------------------- option letters
-@pytest.mark.parametrize("item_id, model, letter, rule", [
-    ("advanced-007", "GPT4", "E", "first-sentence"),      # 选项（E）…: full-width brackets
-    ("advanced-007", "新版智谱", None, "several"),          # 答案：D,E。 names two letters
-    ("advanced-007", "面壁", None, "restated"),             # copies options A–D, chooses none
-    ("advanced-007", "moss", "A", "lead"),                 # the bare letter
-    ("advanced-155", "GPT3.5", "B", "cue"),                # 答案是(B) 仅II; reference is lower-case b
-    ("advanced-155", "面壁", None, "restated"),             # 答案： (A) 仅I (B) 仅II … is a copy, not a choice
-    ("advanced-155", "通义千问", None, "negated"),           # 选项 (D) II和III 不正确。
-    ("advanced-155", "智谱", "D", "text"),                 # "II 和 III 必须是真的": option D by its text
-    ("advanced-100", "GPT3.5", "D", "first-sentence"),     # then discusses (A), (B), (C), (E)
-    ("domain-006", "商量", "D", "cue"),                     # 正确答案是(D) …, later lists (A) (B) (C)
-    ("domain-000", "商量", "C", "first-sentence"),          # asks for the false statement: 选项 C 是不正确的
-    ("domain-038", "智谱", "B", "cue"),                     # 答案选择B) 15
-    ("domain-034", "通义千问", "C", "text"),                 # 一位年长的亚裔美国妇女 … (distinctive part: 亚裔)
-    ("domain-030", "minimax", "B", "number"),              # numeric options: …概率是1/7 = (B)1/7
-    ("advanced-089", "智谱", None, "several"),              # calls (A) wrong, (D) and (E) right
-    ("domain-012", "面壁", None, "none"),                   # a refusal
-])
+@pytest.mark.parametrize(
+    "item_id, model, letter, rule",
+    [
+        ("advanced-007", "GPT4", "E", "first-sentence"),  # 选项（E）…: full-width brackets
+        ("advanced-007", "新版智谱", None, "several"),  # 答案：D,E。 names two letters
+        ("advanced-007", "面壁", None, "restated"),  # copies options A–D, chooses none
+        ("advanced-007", "moss", "A", "lead"),  # the bare letter
+        ("advanced-155", "GPT3.5", "B", "cue"),  # 答案是(B) 仅II; reference is lower-case b
+        ("advanced-155", "面壁", None, "restated"),  # 答案： (A) 仅I (B) 仅II … is a copy, not a choice
+        ("advanced-155", "通义千问", None, "negated"),  # 选项 (D) II和III 不正确。
+        ("advanced-155", "智谱", "D", "text"),  # "II 和 III 必须是真的": option D by its text
+        ("advanced-100", "GPT3.5", "D", "first-sentence"),  # then discusses (A), (B), (C), (E)
+        ("domain-006", "商量", "D", "cue"),  # 正确答案是(D) …, later lists (A) (B) (C)
+        ("domain-000", "商量", "C", "first-sentence"),  # asks for the false statement: 选项 C 是不正确的
+        ("domain-038", "智谱", "B", "cue"),  # 答案选择B) 15
+        ("domain-034", "通义千问", "C", "text"),  # 一位年长的亚裔美国妇女 … (distinctive part: 亚裔)
+        ("domain-030", "minimax", "B", "number"),  # numeric options: …概率是1/7 = (B)1/7
+        ("advanced-089", "智谱", None, "several"),  # calls (A) wrong, (D) and (E) right
+        ("domain-012", "面壁", None, "none"),  # a refusal
+    ],
+)
 def test_option_on_real_answers(item, item_id, model, letter, rule):
     answer, reference, prompt = real(item, item_id, model)
     assert scoring.option_letter(reference) is not None
@@ -56,11 +59,25 @@ def test_option_on_real_answers(item, item_id, model, letter, rule):
     assert scoring.SCORERS["option"].score(answer, reference, prompt) == float(letter == reference.upper())
 
 
-@pytest.mark.parametrize("answer, letter", [
-    ("选C", "C"), ("答案是 (B)", "B"), ("The answer is d.", "D"), ("正确答案：A", "A"), ("B。", "B"),
-    ("答案是Ｂ。", "B"), ("（Ｄ）镧系元素…", "D"), ("故选项为C。", "C"), ("选项B是正确的", "B"), ("(c)", "C"),
-    ("答案是 DNA 的复制", None), ("The answer is a bit unclear", None), ("故正确答案为 BD", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "answer, letter",
+    [
+        ("选C", "C"),
+        ("答案是 (B)", "B"),
+        ("The answer is d.", "D"),
+        ("正确答案：A", "A"),
+        ("B。", "B"),
+        ("答案是Ｂ。", "B"),
+        ("（Ｄ）镧系元素…", "D"),
+        ("故选项为C。", "C"),
+        ("选项B是正确的", "B"),
+        ("(c)", "C"),
+        ("答案是 DNA 的复制", None),
+        ("The answer is a bit unclear", None),
+        ("故正确答案为 BD", None),
+        ("", None),
+    ],
+)
 def test_option_statements(answer, letter):
     assert scoring.extract_option(answer) == letter
 
@@ -68,40 +85,87 @@ def test_option_statements(answer, letter):
 def test_option_references_and_options(zb):
     letters = zb[zb["reference"].map(lambda r: scoring.option_letter(r) is not None)]
     assert len(letters) == 38 and set(letters["reference"].str.upper()) <= set("ABCDE")
-    assert [scoring.option_letter(r) for r in ("d", "E", "(B)", " B ", "（ｂ）", "BD", "True", "1")] == \
-        ["D", "E", "B", "B", "B", None, None, None]
+    assert [scoring.option_letter(r) for r in ("d", "E", "(B)", " B ", "（ｂ）", "BD", "True", "1")] == [
+        "D",
+        "E",
+        "B",
+        "B",
+        "B",
+        None,
+        None,
+        None,
+    ]
     assert scoring.parse_options("…？(A) 4 (B) 3 (C) 2 (D) 1") == {"A": "4", "B": "3", "C": "2", "D": "1"}
 
 
 def test_option_ranks_gpt4_first_on_real_answers(zb):
     items = zb[zb["reference"].map(lambda r: scoring.option_letter(r) is not None)]
-    right = {m: sum(scoring.SCORERS["option"].score(r[m], r["reference"], r["prompt"]) for _, r in items.iterrows())
-             for m in REFERENCE_MODELS}
+    right = {
+        m: sum(scoring.SCORERS["option"].score(r[m], r["reference"], r["prompt"]) for _, r in items.iterrows())
+        for m in REFERENCE_MODELS
+    }
     assert max(right, key=right.get) == "GPT4" and right["GPT4"] >= 20 and right["面壁"] <= 5
 
 
 # --------------------------------------------------------------------------------------------- numbers
 def test_reference_numbers(zb):
-    read = {r: [n.value for n in ns] if (ns := scoring.reference_numbers(r)) else None
-            for r in ("80%", "7.22 m/s/s", "-2kg", "2/7", "pi^2/6", "(40*70)/(20*60)", "29 或 27", "80779853376",
-                      "01/05/2021", "(9,9)", "3457,3876,9823", "1引起了2", "2.科尔大学篮球队的每个球员身高都在 6 英尺以上。")}
+    read = {
+        r: [n.value for n in ns] if (ns := scoring.reference_numbers(r)) else None
+        for r in (
+            "80%",
+            "7.22 m/s/s",
+            "-2kg",
+            "2/7",
+            "pi^2/6",
+            "(40*70)/(20*60)",
+            "29 或 27",
+            "80779853376",
+            "01/05/2021",
+            "(9,9)",
+            "3457,3876,9823",
+            "1引起了2",
+            "2.科尔大学篮球队的每个球员身高都在 6 英尺以上。",
+        )
+    }
     assert read["80%"] == [0.8] and read["7.22 m/s/s"] == [7.22] and read["-2kg"] == [-2.0]
-    assert read["2/7"] == pytest.approx([2 / 7]) and read["pi^2/6"] == pytest.approx([math.pi ** 2 / 6])
+    assert read["2/7"] == pytest.approx([2 / 7]) and read["pi^2/6"] == pytest.approx([math.pi**2 / 6])
     assert read["(40*70)/(20*60)"] == pytest.approx([7 / 3]) and read["29 或 27"] == [29, 27]
     assert read["80779853376"] == [80779853376]
-    assert all(read[r] is None for r in ("01/05/2021", "(9,9)", "3457,3876,9823", "1引起了2",
-                                         "2.科尔大学篮球队的每个球员身高都在 6 英尺以上。"))
+    assert all(
+        read[r] is None
+        for r in (
+            "01/05/2021",
+            "(9,9)",
+            "3457,3876,9823",
+            "1引起了2",
+            "2.科尔大学篮球队的每个球员身高都在 6 英尺以上。",
+        )
+    )
     numeric = zb[zb["reference"].map(lambda r: r != "" and scoring.SCORERS["number"].applies(r))]
     assert len(numeric) == 45
 
 
-@pytest.mark.parametrize("text, value", [
-    ("共有１２３个", 123), ("总价 1,234.5 美元", 1234.5), ("温度是-5度", -5), ("约 85.3%", 0.853),
-    ("答案是 3/4，其余 5 个", 0.75), ("π^2 / 6 ≈ 1.64493...然而，π² / 6 这个结果", math.pi ** 2 / 6),
-    ("$\\frac{\\pi^2}{6}$", math.pi ** 2 / 6), ("8.07798534×10^10", 8.07798534e10), ("约为 7.49 m/s^2。", 7.49),
-    ("马有四条腿。", 4), ("一百零五个人", 105), ("这是一个非常接近的值。", None), ("第二个人说", 2), ("x - 2", 2),
-    ("温度是 -5 度", -5), ("(3) -4", 4),
-])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("共有１２３个", 123),
+        ("总价 1,234.5 美元", 1234.5),
+        ("温度是-5度", -5),
+        ("约 85.3%", 0.853),
+        ("答案是 3/4，其余 5 个", 0.75),
+        ("π^2 / 6 ≈ 1.64493...然而，π² / 6 这个结果", math.pi**2 / 6),
+        ("$\\frac{\\pi^2}{6}$", math.pi**2 / 6),
+        ("8.07798534×10^10", 8.07798534e10),
+        ("约为 7.49 m/s^2。", 7.49),
+        ("马有四条腿。", 4),
+        ("一百零五个人", 105),
+        ("这是一个非常接近的值。", None),
+        ("第二个人说", 2),
+        ("x - 2", 2),
+        ("温度是 -5 度", -5),
+        ("(3) -4", 4),
+    ],
+)
 def test_answer_number(text, value):
     number = scoring.answer_number(text)
     assert (number is None) if value is None else number.value == pytest.approx(value)
@@ -120,19 +184,22 @@ def test_numbers_tolerance_and_fractions():
     assert scoring.numbers_match(scoring.Number(100.0, "100"), scoring.Number(100.05, "100.05"), rel_tol=1e-3)
 
 
-@pytest.mark.parametrize("item_id, model, right", [
-    ("advanced-003", "GPT4", True),      # 约为 7.22 m/s²: the ² is an index, not the answer
-    ("advanced-003", "商量", False),      # 7.20
-    ("advanced-003", "讯飞", False),      # 7.49 m/s^2
-    ("advanced-014", "GPT3.5", True),    # 123456 * 654321 = 80779853376
-    ("advanced-014", "minimax", False),  # 999,948,721,752
-    ("advanced-016", "GPT4", True),      # π^2 / 6
-    ("basic-009", "GPT4", True),         # 马有四条腿。
-    ("advanced-105", "GPT4", True),      # 三个人 …, then 第二个人 (ordinals do not count)
-    ("advanced-123", "GPT4", True),      # 60% for the reference 60
-    ("advanced-108", "minimax", False),  # 重2公斤 for -2kg
-    ("advanced-078", "GPT3.5", True),    # 选项“了解操作顺序”: numbered choice 3 by its text
-])
+@pytest.mark.parametrize(
+    "item_id, model, right",
+    [
+        ("advanced-003", "GPT4", True),  # 约为 7.22 m/s²: the ² is an index, not the answer
+        ("advanced-003", "商量", False),  # 7.20
+        ("advanced-003", "讯飞", False),  # 7.49 m/s^2
+        ("advanced-014", "GPT3.5", True),  # 123456 * 654321 = 80779853376
+        ("advanced-014", "minimax", False),  # 999,948,721,752
+        ("advanced-016", "GPT4", True),  # π^2 / 6
+        ("basic-009", "GPT4", True),  # 马有四条腿。
+        ("advanced-105", "GPT4", True),  # 三个人 …, then 第二个人 (ordinals do not count)
+        ("advanced-123", "GPT4", True),  # 60% for the reference 60
+        ("advanced-108", "minimax", False),  # 重2公斤 for -2kg
+        ("advanced-078", "GPT3.5", True),  # 选项“了解操作顺序”: numbered choice 3 by its text
+    ],
+)
 def test_number_on_real_answers(item, item_id, model, right):
     answer, reference, prompt = real(item, item_id, model)
     assert scoring.scorers_for(reference) == ["number", "rouge_l"]
@@ -191,8 +258,13 @@ def test_score_answers_dispatch_and_against(zb):
     scores = scoring.score_answers(answers, zb, progress=False)
     assert list(scores.columns) == list(scoring.SCORE_COLUMNS)
     got = scores.groupby("item_id")["scorer"].agg(lambda s: sorted(set(s))).to_dict()
-    assert got == {"advanced-007": ["option", "rouge_l"], "basic-009": ["number", "rouge_l"],
-                   "basic-001": ["contains", "rouge_l"], "advanced-013": ["rouge_l"], "basic-000": ["rouge_l"]}
+    assert got == {
+        "advanced-007": ["option", "rouge_l"],
+        "basic-009": ["number", "rouge_l"],
+        "basic-001": ["contains", "rouge_l"],
+        "advanced-013": ["rouge_l"],
+        "basic-000": ["rouge_l"],
+    }
     open_item = scores[scores["item_id"] == "basic-000"]
     assert open_item["against"].tolist() == ["GPT4"] and open_item["model"].tolist() == ["moss"]  # GPT4 not vs itself
     assert (scores.loc[scores["item_id"] != "basic-000", "against"] == "reference").all()
@@ -223,9 +295,14 @@ def test_bootstrap_ci_contains_mean_and_is_seeded():
 def test_aggregate_shapes_overall_and_tags(zb):
     ids = zb["item_id"].iloc[[0, 1, 70, 71, 72, 300]].tolist()  # basic ×2, advanced ×3, domain ×1
     sub = zb[zb["item_id"].isin(ids)]
-    scores = pd.DataFrame([(i, s, m, "x", float(k % 2), "reference") for k, (i, s) in
-                           enumerate(zip(sub["item_id"], sub["split"])) for m in ("a", "b")],
-                          columns=list(scoring.SCORE_COLUMNS))
+    scores = pd.DataFrame(
+        [
+            (i, s, m, "x", float(k % 2), "reference")
+            for k, (i, s) in enumerate(zip(sub["item_id"], sub["split"], strict=False))
+            for m in ("a", "b")
+        ],
+        columns=list(scoring.SCORE_COLUMNS),
+    )
     agg = scoring.aggregate(scores, n_boot=200)
     assert list(agg.columns) == ["model", "split", "scorer", "n", "score", "ci_low", "ci_high"]
     assert len(agg) == 2 * 4 and agg["split"].tolist()[:4] == ["basic", "advanced", "domain", "overall"]
@@ -289,9 +366,9 @@ def test_sequence_probs_handles_multi_token_scores():
 
 
 def test_combine_orders():
-    assert scoring.combine_orders("A", "B").outcome == "win"   # candidate chosen in both positions
+    assert scoring.combine_orders("A", "B").outcome == "win"  # candidate chosen in both positions
     assert scoring.combine_orders("B", "A").outcome == "loss"
-    tie = scoring.combine_orders("A", "A")                      # the first position won twice
+    tie = scoring.combine_orders("A", "A")  # the first position won twice
     assert tie.outcome == "tie" and not tie.consistent and tie.score == 0.5
     assert not scoring.combine_orders("B", "B").consistent
     with pytest.raises(KitError):

@@ -11,16 +11,32 @@ from llm4academic import sft
 from llm4academic.data.formats import RECORD_FEATURES, load_file
 
 ALPACA = SAMPLES / "alpaca" / "alpaca_data.first1825.json"
-SHIPPED = (ALPACA, SAMPLES / "chinese_alpaca" / "alpaca_data-0-3252-zh.first2000.json",
-           SAMPLES / "belle" / "dev1K.json")
-DIALOGUE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello there!"}, {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "4"}]
+SHIPPED = (
+    ALPACA,
+    SAMPLES / "chinese_alpaca" / "alpaca_data-0-3252-zh.first2000.json",
+    SAMPLES / "belle" / "dev1K.json",
+)
+DIALOGUE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello there!"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+]
 
 
 def rec(i=0, instruction="Name a colour.", input_="", output="Blue.", conversation=()):
-    return {"id": f"t-{i}", "source": "t", "language": "en", "instruction": instruction, "input": input_,
-            "output": output, "conversation": list(conversation), "chosen": "", "rejected": ""}
+    return {
+        "id": f"t-{i}",
+        "source": "t",
+        "language": "en",
+        "instruction": instruction,
+        "input": input_,
+        "output": output,
+        "conversation": list(conversation),
+        "chosen": "",
+        "rejected": "",
+    }
 
 
 def as_ds(records) -> datasets.Dataset:
@@ -64,8 +80,10 @@ def test_eos_id_labelled_after_every_reply(arch, tok, mixed):
         assert r["labels"].count(t.eos_token_id) == n  # one EOS per assistant reply, labelled
         assert len(r["labels"]) == len(r["input_ids"])
     bos = {"bloom": []}.get(arch, [t.bos_token_id])  # the tokenizer's own framing, once
-    assert all(r["input_ids"][:len(bos)] == bos and r["input_ids"].count(t.bos_token_id) == len(bos)
-               for r in rows(out, "input_ids"))
+    assert all(
+        r["input_ids"][: len(bos)] == bos and r["input_ids"].count(t.bos_token_id) == len(bos)
+        for r in rows(out, "input_ids")
+    )
 
 
 def test_labels_equal_stanford_alpaca_on_the_shipped_alpaca_sample(tok, alpaca):
@@ -99,8 +117,9 @@ def sentencepiece_like(records):
     lines = [x.replace("\n", " ") for r in records for x in (r["instruction"], r["input"], r["output"]) if x]
     sp.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=800, special_tokens=specials, show_progress=False))
     sp.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=sp, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-                                   unk_token="<unk>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=sp, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
 
 
 def test_sentencepiece_dummy_prefix_is_not_put_before_each_reply(alpaca):
@@ -136,8 +155,8 @@ def test_multi_turn_trains_only_the_replies_and_encode_prompt_matches_training(t
     trainable = [x for x in row["labels"] if x != -100]
     assert t.decode(trainable) == "Hello there!</s>4</s>"
     prompt = sft.encode_prompt(r, t, "belle")
-    assert row["input_ids"][:len(prompt)] == prompt and row["labels"][len(prompt) - 1] == -100
-    assert row["input_ids"][len(prompt):] == t("4", add_special_tokens=False)["input_ids"] + [t.eos_token_id]
+    assert row["input_ids"][: len(prompt)] == prompt and row["labels"][len(prompt) - 1] == -100
+    assert row["input_ids"][len(prompt) :] == t("4", add_special_tokens=False)["input_ids"] + [t.eos_token_id]
 
 
 def test_seq2seq_path_on_tiny_t5(tok, tiny_models, mixed):
@@ -173,9 +192,9 @@ def test_packed_rows_keep_examples_whole_and_restart_positions(llama_examples):
         assert len(row["input_ids"]) == len(row["labels"]) == len(row["position_ids"]) == sum(row["seq_lens"]) <= 256
         start = 0
         for n in row["seq_lens"]:
-            assert row["position_ids"][start:start + n] == list(range(n))
+            assert row["position_ids"][start : start + n] == list(range(n))
             assert row["labels"][start] == -100
-            pieces.append(tuple(row["input_ids"][start:start + n]))
+            pieces.append(tuple(row["input_ids"][start : start + n]))
             start += n
     assert collections.Counter(pieces) == collections.Counter(original)  # each example once, never split
     assert report.examples == len(original) and report.rows == len(packed) < len(original)
@@ -224,7 +243,7 @@ def test_packed_loss_equals_unpacked_mean(arch, attn, tiny_models, tok, mixed):
     inside = {}
     for b, f in enumerate(features):
         for start, n in _spans(f["seq_lens"]):
-            inside[tuple(f["input_ids"][start:start + n])] = out.logits[b, start:start + n]
+            inside[tuple(f["input_ids"][start : start + n])] = out.logits[b, start : start + n]
     for e, solo in zip(rows(examples, "input_ids"), solo_logits, strict=True):  # no attention across examples
         torch.testing.assert_close(inside[tuple(e["input_ids"])], solo, atol=1e-4, rtol=1e-4)
 
@@ -268,8 +287,9 @@ def test_flatten_for_flash_layout_and_llama_equivalence(tiny_models, tok, llama_
     model = AutoModelForCausalLM.from_pretrained(tiny_models("llama")).eval()
     expected, _ = unpacked_loss(model, rows(examples, "input_ids", "labels"))
     with torch.no_grad():
-        loss = model(input_ids=flat["input_ids"], labels=flat["labels"], position_ids=flat["position_ids"],
-                     use_cache=False).loss
+        loss = model(
+            input_ids=flat["input_ids"], labels=flat["labels"], position_ids=flat["position_ids"], use_cache=False
+        ).loss
     assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 
@@ -293,15 +313,19 @@ def test_bloom_cannot_pack_but_pads_exactly(tiny_models, tok, mixed):
 
 def test_padded_collator_shapes(tok):
     t = tok("llama")
-    feats = [{"input_ids": [1, 5, 6], "labels": [-100, 5, 6]},
-             {"input_ids": [1, 7, 8, 9, 2], "labels": [-100] * 4 + [2]}]
+    feats = [
+        {"input_ids": [1, 5, 6], "labels": [-100, 5, 6]},
+        {"input_ids": [1, 7, 8, 9, 2], "labels": [-100] * 4 + [2]},
+    ]
     batch = sft.PaddedCollator(t)(feats)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, 5)
     assert batch["input_ids"][0].tolist() == [1, 5, 6, 0, 0] and batch["labels"][0].tolist() == [-100, 5, 6, -100, -100]
     assert batch["attention_mask"].sum(1).tolist() == [3, 5]
     assert sft.PaddedCollator(t, pad_to_multiple_of=8)(feats)["input_ids"].shape == (2, 8)
-    s2s = [{"input_ids": [5, 2], "attention_mask": [1, 1], "labels": [7, 8, 9, 2]},
-           {"input_ids": [5, 6, 7, 2], "attention_mask": [1] * 4, "labels": [2]}]
+    s2s = [
+        {"input_ids": [5, 2], "attention_mask": [1, 1], "labels": [7, 8, 9, 2]},
+        {"input_ids": [5, 6, 7, 2], "attention_mask": [1] * 4, "labels": [2]},
+    ]
     batch = sft.PaddedCollator(t)(s2s)
     assert batch["input_ids"].shape == (2, 4) and batch["labels"].shape == (2, 4)
     assert batch["labels"][1].tolist() == [2, -100, -100, -100]

@@ -2,26 +2,34 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import SMOKE
 
 from llm4academic.config import load_params
 from llm4academic.data import formats, stats
 from llm4academic.rundir import RunDir
-from conftest import SMOKE
 
 
-@pytest.mark.parametrize("text,lang", [
-    ("Give three tips for staying healthy.", "en"), ("给出三个保持健康的提示。", "zh"),
-    ("题目：小明每天走 2 km to school", "zh"), ("東京はどこですか", "ja"), ("안녕하세요 세계", "ko"),
-    ("12345 + 678", "und"), ("Ça va très bien", "en"),
-])
+@pytest.mark.parametrize(
+    "text,lang",
+    [
+        ("Give three tips for staying healthy.", "en"),
+        ("给出三个保持健康的提示。", "zh"),
+        ("题目：小明每天走 2 km to school", "zh"),
+        ("東京はどこですか", "ja"),
+        ("안녕하세요 세계", "ko"),
+        ("12345 + 678", "und"),
+        ("Ça va très bien", "en"),
+    ],
+)
 def test_detect_language(text, lang):
     assert stats.detect_language(text) == lang
 
 
 @pytest.fixture(scope="module")
 def frame():
-    params = load_params(SMOKE, ["data.sources[0].max_records=30", "data.sources[1].max_records=20",
-                                 "data.sources[2].max_records=10"])
+    params = load_params(
+        SMOKE, ["data.sources[0].max_records=30", "data.sources[1].max_records=20", "data.sources[2].max_records=10"]
+    )
     ds, reports = formats.load_sources(params)
     return stats.records_frame(ds), reports
 
@@ -50,8 +58,9 @@ def test_lengths_and_summary(frame, tiny_models):
     tokens = stats.token_lengths(df, {"l": tok})
     assert len(tokens) == 3 * len(df)
     one = df.iloc[0]
-    assert tokens.query("field == 'output'")["tokens"].iloc[0] == len(tok(one["output"],
-                                                                             add_special_tokens=False)["input_ids"])
+    assert tokens.query("field == 'output'")["tokens"].iloc[0] == len(
+        tok(one["output"], add_special_tokens=False)["input_ids"]
+    )
     cpt = stats.chars_per_token(chars, tokens)
     assert (cpt["chars_per_token"] > 0.5).all()
     summary = stats.explore_summary(df, chars, tokens, reports)
@@ -65,8 +74,9 @@ def test_lengths_and_summary(frame, tiny_models):
 def test_write_explore_artifacts(frame, tmp_path):
     df, reports = frame
     chars = stats.char_lengths(df)
-    written = stats.write_explore_artifacts(tmp_path / "a", stats.explore_summary(df, chars, None, reports),
-                                            chars, None)
+    written = stats.write_explore_artifacts(
+        tmp_path / "a", stats.explore_summary(df, chars, None, reports), chars, None
+    )
     assert [p.name for p in written] == ["summary.json", "char_lengths.csv"]
     assert json.loads(written[0].read_text())["records"] == 60
     assert not list(RunDir(tmp_path / "a").explore_dir.glob(".*partial"))

@@ -313,7 +313,7 @@ def test_heavy_imports_at_module_level_are_found():
     assert heavy_imports_at_module_level(src) == [(2, "torch.nn"), (7, "accelerate")]
 
 
-# --------------------------------------------------------------------------------------------- the run-directory contract
+# ----------------------------------------------------------------------------------------- the run-directory contract
 
 # Names of the files and folders inside a run directory: only rundir.py spells them (docs/DESIGN.md, "The run
 # directory"). Docstrings may describe the layout in prose; code and templates ask a RunDir.
@@ -321,36 +321,63 @@ RUN_DIR_NAMES = re.compile(
     r"(?<![\w.])(artifacts|manifest\.json|index\.html|mix\.jsonl|mix_summary\.json|load_report\.json|clean_report\.json"
     r"|contamination\.json|data_summary\.json|checkpoints\.json|metrics\.jsonl|fsdp\.json|data_stats\.json"
     r"|summary\.json|evaluate\.json|headline\.json|leaderboard\.png|\w*\.parquet|zbench_\w*\.csv|checkpoint-"
-    r"|generations|char_lengths\.csv|token_lengths\.csv)(?![\w.])")
+    r"|generations|char_lengths\.csv|token_lengths\.csv)(?![\w.])"
+)
 
 
 def spelled_run_dir_paths(source: str, relpath: str) -> list[tuple[int, str]]:
     """String constants (docstrings excepted) that name a file or folder of the run directory."""
     tree = ast.parse(source, filename=relpath)
-    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
-                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
-    return [(node.lineno, m.group(1)) for node in ast.walk(tree)
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-            and (m := RUN_DIR_NAMES.search(node.value))]
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    return [
+        (node.lineno, m.group(1))
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and id(node) not in docstrings
+        and (m := RUN_DIR_NAMES.search(node.value))
+    ]
 
 
 def test_no_module_but_rundir_spells_a_run_directory_path():
-    found = [f"{rel}:{line}: {name}" for rel, src in sources() if rel != f"{PKG}/rundir.py"
-             for line, name in spelled_run_dir_paths(src, rel)]
+    found = [
+        f"{rel}:{line}: {name}"
+        for rel, src in sources()
+        if rel != f"{PKG}/rundir.py"
+        for line, name in spelled_run_dir_paths(src, rel)
+    ]
     assert not found, "ask llm4academic.rundir.RunDir instead of spelling these:\n" + "\n".join(found)
 
 
 def test_templates_spell_no_run_directory_path():
-    found = [f"{p.relative_to(ROOT)}: {m.group(1)}" for p in sorted((PKG_DIR / "resources" / "templates").rglob("*"))
-             if p.is_file() for m in RUN_DIR_NAMES.finditer(p.read_text(encoding="utf-8"))]
+    found = [
+        f"{p.relative_to(ROOT)}: {m.group(1)}"
+        for p in sorted((PKG_DIR / "resources" / "templates").rglob("*"))
+        if p.is_file()
+        for m in RUN_DIR_NAMES.finditer(p.read_text(encoding="utf-8"))
+    ]
     assert not found, found
 
 
-@pytest.mark.parametrize("planted", ['out = Path(run_dir) / "artifacts" / "evaluate"', 'p = d / "metrics.jsonl"',
-                                     'name = f"{split}.parquet"', 'rd.root / "checkpoints.json"'])
+@pytest.mark.parametrize(
+    "planted",
+    [
+        'out = Path(run_dir) / "artifacts" / "evaluate"',
+        'p = d / "metrics.jsonl"',
+        'name = f"{split}.parquet"',
+        'rd.root / "checkpoints.json"',
+    ],
+)
 def test_a_planted_run_directory_path_is_reported(planted):
-    source = f'"""A docstring may say artifacts/evaluate/scores.parquet."""\n\n\ndef f(run_dir, d, split, rd):\n    {planted}\n'
+    docstring = '"""A docstring may say artifacts/evaluate/scores.parquet."""'
+    source = f"{docstring}\n\n\ndef f(run_dir, d, split, rd):\n    {planted}\n"
     assert [line for line, _ in spelled_run_dir_paths(source, "llm4academic/x.py")] == [5]
 
 

@@ -17,13 +17,26 @@ STANFORD_NO_INPUT = (
 
 
 def rec(instruction="Name a colour.", input_="", output="Blue.", conversation=()):
-    return {"id": "x-0", "source": "x", "language": "en", "instruction": instruction, "input": input_,
-            "output": output, "conversation": list(conversation), "chosen": "", "rejected": ""}
+    return {
+        "id": "x-0",
+        "source": "x",
+        "language": "en",
+        "instruction": instruction,
+        "input": input_,
+        "output": output,
+        "conversation": list(conversation),
+        "chosen": "",
+        "rejected": "",
+    }
 
 
-DIALOGUE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},
-            {"role": "assistant", "content": "4"}]
+DIALOGUE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4"},
+]
 
 
 def test_templates_match_config():
@@ -53,8 +66,12 @@ def test_belle_and_plain():
 def test_multi_turn_only_assistant_replies_are_trainable():
     r = rec(conversation=DIALOGUE)
     belle = render(r, "belle")
-    assert belle == [("Be brief.\n\nHuman: Hi\n\nAssistant: ", False), ("Hello!", True),
-                     ("Human: 2+2?\n\nAssistant: ", False), ("4", True)]
+    assert belle == [
+        ("Be brief.\n\nHuman: Hi\n\nAssistant: ", False),
+        ("Hello!", True),
+        ("Human: 2+2?\n\nAssistant: ", False),
+        ("4", True),
+    ]
     assert [t for t, trainable in belle if trainable] == ["Hello!", "4"]
     alpaca = render(r, "alpaca")
     assert alpaca[0] == ("Be brief.\n\n### Instruction:\nHi\n\n### Response:", False)

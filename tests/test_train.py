@@ -7,33 +7,56 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, SMOKE
-from llm4academic import train
-from llm4academic.rundir import RunDir
+
 from llm4academic.config import ModelParams, load_params
 from llm4academic.models import load_model, load_tokenizer
+from llm4academic.rundir import RunDir
 
-SMALL = ["data.sources[0].max_records=60", "data.sources[1].max_records=60", "data.sources[2].max_records=30",
-         "data.clean.near_dedup.enabled=false", "data.contamination.enabled=false", "train.max_length=128",
-         "train.per_device_batch_size=2", "train.gradient_accumulation_steps=1", "train.max_steps=8",
-         "train.save_steps=4", "train.learning_rate=1e-2", "train.warmup_ratio=0",
-         "train.lr_scheduler=constant"]
+SMALL = [
+    "data.sources[0].max_records=60",
+    "data.sources[1].max_records=60",
+    "data.sources[2].max_records=30",
+    "data.clean.near_dedup.enabled=false",
+    "data.contamination.enabled=false",
+    "train.max_length=128",
+    "train.per_device_batch_size=2",
+    "train.gradient_accumulation_steps=1",
+    "train.max_steps=8",
+    "train.save_steps=4",
+    "train.learning_rate=1e-2",
+    "train.warmup_ratio=0",
+    "train.lr_scheduler=constant",
+]
 
 
 def study(arch: str, port: int, *extra: str) -> list[str]:
-    return [*SMALL, f"models=[{{name: tiny-{arch}, path: 'tiny:{arch}'}}]", f"train.models=[tiny-{arch}]",
-            f"train.main_process_port={port}", *extra]
+    return [
+        *SMALL,
+        f"models=[{{name: tiny-{arch}, path: 'tiny:{arch}'}}]",
+        f"train.models=[tiny-{arch}]",
+        f"train.main_process_port={port}",
+        *extra,
+    ]
 
 
 def launch(run_dir, model: str, overrides: list[str], stop_after: int | None = None) -> dict:
     """``train.launch`` in a fresh Python process, as a notebook kernel runs it: notebook_launcher forks its
     workers, and a parent that has already run torch compute (as this test process does) is no safe fork point."""
-    code = ("import json, sys; from llm4academic import train; a = json.loads(sys.argv[1]); "
-            "r = train.launch(a['params'], a['run_dir'], a['model'], a['overrides'], stop_after=a['stop_after']); "
-            "print('RESULT=' + json.dumps(r))")
-    args = json.dumps({"params": str(SMOKE), "run_dir": str(run_dir), "model": model, "overrides": overrides,
-                       "stop_after": stop_after})
+    code = (
+        "import json, sys; from llm4academic import train; a = json.loads(sys.argv[1]); "
+        "r = train.launch(a['params'], a['run_dir'], a['model'], a['overrides'], stop_after=a['stop_after']); "
+        "print('RESULT=' + json.dumps(r))"
+    )
+    args = json.dumps(
+        {
+            "params": str(SMOKE),
+            "run_dir": str(run_dir),
+            "model": model,
+            "overrides": overrides,
+            "stop_after": stop_after,
+        }
+    )
     r = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
     return json.loads(next(line for line in r.stdout.splitlines() if line.startswith("RESULT="))[7:])
@@ -45,8 +68,10 @@ def metrics(run_dir, model):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch,port,version", [("llama", 29611, 2), ("bloom", 29612, 2), ("opt", 29613, 2),
-                                               ("t5", 29614, 2), ("llama", 29615, 1)])
+@pytest.mark.parametrize(
+    "arch,port,version",
+    [("llama", 29611, 2), ("bloom", 29612, 2), ("opt", 29613, 2), ("t5", 29614, 2), ("llama", 29615, 1)],
+)
 def test_fsdp_on_two_cpu_processes(arch, port, version, tmp_path):
     grouped = ["train.group_by_length=true"] if arch == "bloom" else []  # padding mode, batches grouped by length
     overrides = study(arch, port, f"train.fsdp.version={version}", *grouped)
@@ -95,24 +120,38 @@ def test_recipes_carry_the_seeds_hyper_parameters():
         p = load_params(path)
         t = p.train
         t5 = path.stem == "flan-t5-xxl"
-        assert (t.num_processes, t.per_device_batch_size, t.gradient_accumulation_steps) == (4, 1 if t5 else 4,
-                                                                                              32 if t5 else 8)
+        assert (t.num_processes, t.per_device_batch_size, t.gradient_accumulation_steps) == (
+            4,
+            1 if t5 else 4,
+            32 if t5 else 8,
+        )
         assert (t.learning_rate, t.weight_decay, t.lr_scheduler, t.warmup_ratio, t.num_epochs) == (
-            2e-5, 0.0, "cosine", 0.03, 3)
+            2e-5,
+            0.0,
+            "cosine",
+            0.03,
+            3,
+        )
         assert (t.mixed_precision, t.tf32, t.save_steps, t.save_total_limit) == ("bf16", True, 2000, 1)
         assert t.fsdp.enabled and t.method == "full" and p.steps == ["explore", "train", "evaluate", "compare"]
         assert [s.name for s in p.data.sources] == ["alpaca", "chinese_alpaca", "belle"]
         cards[path.stem] = (p.models[0].path, p.models[0].card)
-    assert cards == {"llama-7b": ("huggyllama/llama-7b", "llama"),
-                     "bloomz-7b1-mt": ("bigscience/bloomz-7b1-mt", "bloom"),
-                     "galactica-6.7b": ("facebook/galactica-6.7b", "opt"),
-                     "flan-t5-xxl": ("google/flan-t5-xxl", "t5"), "glm-4-9b": ("zai-org/glm-4-9b-hf", "glm")}
+    assert cards == {
+        "llama-7b": ("huggyllama/llama-7b", "llama"),
+        "bloomz-7b1-mt": ("bigscience/bloomz-7b1-mt", "bloom"),
+        "galactica-6.7b": ("facebook/galactica-6.7b", "opt"),
+        "flan-t5-xxl": ("google/flan-t5-xxl", "t5"),
+        "glm-4-9b": ("zai-org/glm-4-9b-hf", "glm"),
+    }
 
 
 @pytest.mark.slow
 def test_lora_trains_adapters_under_ddp_and_saves_merged(tmp_path):
-    result = launch(tmp_path, "tiny-llama", study("llama", 29631, "train.method=lora", "train.fsdp.enabled=false",
-                                                  "train.lora.r=4", "train.max_steps=4"))
+    result = launch(
+        tmp_path,
+        "tiny-llama",
+        study("llama", 29631, "train.method=lora", "train.fsdp.enabled=false", "train.lora.r=4", "train.max_steps=4"),
+    )
     assert result["fsdp"]["distributed_type"] == "MULTI_CPU" and not result["fsdp"]["sharded"]
     final = RunDir(tmp_path).final("tiny-llama")
     merged = load_model(ModelParams(name="m", path=str(final)))

@@ -106,8 +106,11 @@ def test_shipped_files_and_validation(tmp_path):
     bad = tmp_path / "common.samples.csv"
     text = bad.read_bytes().decode("utf-8")  # rows end in CRLF; cells hold bare LF
     bad.write_bytes(text.replace(",GPT4,", ",GPT-4,", 1).encode())
-    with pytest.raises(zbench.ZBenchError, match=r"common.samples.csv: not a Z-Bench file \(missing: GPT4; "
-                                                  r"unexpected: GPT-4\)"):
+    with pytest.raises(
+        zbench.ZBenchError,
+        match=r"common.samples.csv: not a Z-Bench file \(missing: GPT4; "
+        r"unexpected: GPT-4\)",
+    ):
         zbench.load_zbench("basic", directory=tmp_path)
     bad.write_bytes(text.replace(",moss,", ",MOSS,", 1).replace(",GPT4,", ",moss,", 1).encode())
     with pytest.raises(zbench.ZBenchError, match=r"missing: GPT4; repeated: moss"):

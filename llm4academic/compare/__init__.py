@@ -131,8 +131,13 @@ def options(params: StudyParams | None) -> dict[str, Any]:
     return {"n_boot": params.compare.n_boot, "min_tag_items": params.compare.min_tag_items}
 
 
-def compare(run_dirs: Sequence[str | Path], params: StudyParams | None = None, *, n_boot: int = 1000,
-            min_tag_items: int = MIN_TAG_ITEMS) -> Comparison:
+def compare(
+    run_dirs: Sequence[str | Path],
+    params: StudyParams | None = None,
+    *,
+    n_boot: int = 1000,
+    min_tag_items: int = MIN_TAG_ITEMS,
+) -> Comparison:
     """Everything ``04_compare_models`` shows, from the studies' artifacts. Bootstrap seeds come from the first
     study's seed, so the same studies give the same numbers."""
     studies = load_studies(run_dirs, params)
@@ -148,29 +153,48 @@ def compare(run_dirs: Sequence[str | Path], params: StudyParams | None = None, *
     lengths = answer_lengths(answers)
     overall = board[board["split"] == OVERALL].sort_values("score", ascending=False)["model"].tolist()
     return Comparison(
-        studies=studies, zbench=zb, scores=scores, primary=primary, studied=studied, board=board, tags=tags,
+        studies=studies,
+        zbench=zb,
+        scores=scores,
+        primary=primary,
+        studied=studied,
+        board=board,
+        tags=tags,
         deltas=tuning_deltas(primary, studied, seed=seed, n_boot=n_boot),
         findings=findings(primary, zb, studied, seed=seed, n_boot=n_boot, min_tag_items=min_tag_items),
-        answers=answers, lengths=lengths, bias=length_bias(primary, lengths),
+        answers=answers,
+        lengths=lengths,
+        bias=length_bias(primary, lengths),
         agreement=judge_agreement(combined(studies, "pairwise")),
-        curves=training_curves(studies), mix=data_mix(studies), flow=data_flow(studies),
-        provenance=provenance(studies), colours=palette(model_kinds(overall, studied), studied), seed=seed,
-        n_boot=n_boot)
+        curves=training_curves(studies),
+        mix=data_mix(studies),
+        flow=data_flow(studies),
+        provenance=provenance(studies),
+        colours=palette(model_kinds(overall, studied), studied),
+        seed=seed,
+        n_boot=n_boot,
+    )
 
 
 def summary_markdown(c: Comparison, cjk_fonts: Sequence[str] = ("?",)) -> str:
     """What is compared, with the seed, and a warning when a study ran from a dirty git tree."""
     prov = c.provenance
     dirty = prov.loc[prov["dirty"].fillna(False).astype(bool), "study"].tolist()
-    text = (f"**Compared:** {', '.join(f'`{s}`' for s in prov['study'])} · {c.primary['item_id'].nunique()} Z-Bench "
-            f"items with a reference ({', '.join(s for s in SPLITS if s in set(c.primary['split']))}) · studied "
-            f"models: {', '.join(f'`{m}`' for m in c.studied)} · bootstrap seed **{c.seed}**, {c.n_boot} resamples")
+    text = (
+        f"**Compared:** {', '.join(f'`{s}`' for s in prov['study'])} · {c.primary['item_id'].nunique()} Z-Bench "
+        f"items with a reference ({', '.join(s for s in SPLITS if s in set(c.primary['split']))}) · studied "
+        f"models: {', '.join(f'`{m}`' for m in c.studied)} · bootstrap seed **{c.seed}**, {c.n_boot} resamples"
+    )
     if dirty:
-        text += (f"\n\n**Warning: uncommitted changes** in the kit's checkout when {', '.join(dirty)} ran — the git "
-                 "sha alone does not reproduce these numbers.")
+        text += (
+            f"\n\n**Warning: uncommitted changes** in the kit's checkout when {', '.join(dirty)} ran — the git "
+            "sha alone does not reproduce these numbers."
+        )
     if not cjk_fonts:
-        text += ("\n\n*No CJK font is installed: the Chinese task tags draw as boxes in the figures "
-                 "(`scripts/install-system-deps` installs Debian's fonts-wqy-microhei).*")
+        text += (
+            "\n\n*No CJK font is installed: the Chinese task tags draw as boxes in the figures "
+            "(`scripts/install-system-deps` installs Debian's fonts-wqy-microhei).*"
+        )
     return text
 
 
@@ -191,12 +215,30 @@ def headline(c: Comparison, figure: str | None = None) -> dict[str, Any]:
     rows = []
     for m in c.board[c.board["split"] == OVERALL].sort_values(["score", "model"], ascending=[False, True])["model"]:
         part = c.board[c.board["model"] == m].set_index("split")
-        rows.append({"model": m, "label": model_label(m), "kind": part["kind"].iloc[0],
-                     "scores": {s: {k: _round(part.at[s, k]) for k in ("score", "ci_low", "ci_high", "n", "rank")}
-                                if s in part.index else None for s in splits}})
-    return {"metric": PRIMARY_METHOD, "splits": splits, "n_items": int(c.primary["item_id"].nunique()),
-            "seed": c.seed, "n_boot": c.n_boot, "studies": c.provenance.to_dict(orient="records"),
-            "rows": rows, "findings": findings_text(c.findings), "figure": figure}
+        rows.append(
+            {
+                "model": m,
+                "label": model_label(m),
+                "kind": part["kind"].iloc[0],
+                "scores": {
+                    s: {k: _round(part.at[s, k]) for k in ("score", "ci_low", "ci_high", "n", "rank")}
+                    if s in part.index
+                    else None
+                    for s in splits
+                },
+            }
+        )
+    return {
+        "metric": PRIMARY_METHOD,
+        "splits": splits,
+        "n_items": int(c.primary["item_id"].nunique()),
+        "seed": c.seed,
+        "n_boot": c.n_boot,
+        "studies": c.provenance.to_dict(orient="records"),
+        "rows": rows,
+        "findings": findings_text(c.findings),
+        "figure": figure,
+    }
 
 
 def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) -> list[Path]:
@@ -205,8 +247,14 @@ def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) ->
     given, and the headline."""
     rd = RunDir(run_dir)
     rd.compare_dir.mkdir(parents=True, exist_ok=True)
-    tables = {"leaderboard": c.board, "by_tag": c.tags, "deltas": c.deltas, "findings": c.findings,
-              "length_bias": c.bias, "primary_scores": c.primary}
+    tables = {
+        "leaderboard": c.board,
+        "by_tag": c.tags,
+        "deltas": c.deltas,
+        "findings": c.findings,
+        "length_bias": c.bias,
+        "primary_scores": c.primary,
+    }
     if c.agreement is not None:
         tables["judge_agreement"] = c.agreement
     written = []
@@ -218,14 +266,21 @@ def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) ->
         figure.savefig(png, format="png", dpi=110, bbox_inches="tight")
         atomic_write(rd.leaderboard_png, png.getvalue())
         written.append(rd.leaderboard_png)
-    atomic_write(rd.headline, json.dumps(headline(c, rd.relative(rd.leaderboard_png)), indent=2,
-                                         ensure_ascii=False, default=_round))
+    atomic_write(
+        rd.headline,
+        json.dumps(headline(c, rd.relative(rd.leaderboard_png)), indent=2, ensure_ascii=False, default=_round),
+    )
     written.append(rd.headline)
     return written
 
 
-def sample_answers(c: Comparison, items: Sequence[str] | None = None, k: int = 4,
-                   reference_models: Sequence[str] | None = None, max_chars: int = 600) -> pd.DataFrame:
+def sample_answers(
+    c: Comparison,
+    items: Sequence[str] | None = None,
+    k: int = 4,
+    reference_models: Sequence[str] | None = None,
+    max_chars: int = 600,
+) -> pd.DataFrame:
     """Answers side by side for a few items: ``items``, or the ``k`` items on which the studied models' primary
     scores differ most. Rows per item: Z-Bench's reference answer, each studied model, then ``reference_models``
     (default: the three best on the overall leaderboard), with the primary score; answers clipped to
@@ -237,8 +292,10 @@ def sample_answers(c: Comparison, items: Sequence[str] | None = None, k: int = 4
     items = list(items)
     unknown = [i for i in items if i not in set(c.zbench["item_id"])]
     if unknown:
-        raise CompareError(f"compare.examples: item(s) {', '.join(unknown)} not in the compared Z-Bench slice "
-                           f"({few(sorted(c.zbench['item_id']))})")
+        raise CompareError(
+            f"compare.examples: item(s) {', '.join(unknown)} not in the compared Z-Bench slice "
+            f"({few(sorted(c.zbench['item_id']))})"
+        )
     if reference_models is None:
         overall = c.board[(c.board["split"] == OVERALL) & (c.board["kind"] == "reference")]
         reference_models = overall.sort_values("score", ascending=False)["model"].head(3).tolist()
@@ -248,14 +305,26 @@ def sample_answers(c: Comparison, items: Sequence[str] | None = None, k: int = 4
     zb = c.zbench.set_index("item_id")
     rows = []
     for item in items:
-        rows.append({"item": item, "prompt": _clip(str(zb.at[item, "prompt"]), max_chars),
-                     "model": "(Z-Bench reference)", "answer": _clip(str(zb.at[item, "reference"]), max_chars),
-                     "score": math.nan})
+        rows.append(
+            {
+                "item": item,
+                "prompt": _clip(str(zb.at[item, "prompt"]), max_chars),
+                "model": "(Z-Bench reference)",
+                "answer": _clip(str(zb.at[item, "reference"]), max_chars),
+                "score": math.nan,
+            }
+        )
         for m in [*c.studied, *refs]:
             text = answer.get((item, m))
-            rows.append({"item": item, "prompt": "", "model": m,
-                         "answer": _clip("" if text is None else str(text), max_chars),
-                         "score": score.get((item, m), math.nan)})
+            rows.append(
+                {
+                    "item": item,
+                    "prompt": "",
+                    "model": m,
+                    "answer": _clip("" if text is None else str(text), max_chars),
+                    "score": score.get((item, m), math.nan),
+                }
+            )
     return pd.DataFrame(rows).set_index(["item", "model"])
 
 

@@ -58,8 +58,10 @@ def load_study(run_dir: str | Path, params: StudyParams | None = None) -> Study:
     info = rd.read_evaluate_info()
     scores = rd.read_evaluate_table("scores")
     if info is None or scores is None:
-        raise CompareError(f"{rd.root}: no Z-Bench evaluation found (expected {rd.evaluate_info} and "
-                           f"{rd.evaluate_table('scores').name}): run the study's evaluate step first")
+        raise CompareError(
+            f"{rd.root}: no Z-Bench evaluation found (expected {rd.evaluate_info} and "
+            f"{rd.evaluate_table('scores').name}): run the study's evaluate step first"
+        )
     manifest = rd.read_manifest()
     if params is not None:
         name, seed, pdict = params.name, params.seed, resolved_dict(params)
@@ -70,16 +72,28 @@ def load_study(run_dir: str | Path, params: StudyParams | None = None) -> Study:
     answers = rd.read_evaluate_table("answers")
     if answers is None:
         answers = pd.DataFrame(columns=["item_id", "split", "model", "answer"])
-    return Study(name=name, run_dir=rd.root, seed=seed, params=pdict, manifest=manifest, evaluate=info,
-                 scores=scores, answers=answers, pairwise=rd.read_evaluate_table("pairwise"),
-                 judge=rd.read_evaluate_table("judge"))
+    return Study(
+        name=name,
+        run_dir=rd.root,
+        seed=seed,
+        params=pdict,
+        manifest=manifest,
+        evaluate=info,
+        scores=scores,
+        answers=answers,
+        pairwise=rd.read_evaluate_table("pairwise"),
+        judge=rd.read_evaluate_table("judge"),
+    )
 
 
 def _slice_signature(study: Study) -> dict[str, Any]:
     ev = study.evaluate
     judge = ev.get("judge") or None
-    return {"items": sorted(ev.get("item_ids") or study.items), "scorers": sorted(ev.get("scorers", [])),
-            "judge": {k: judge.get(k) for k in ("model", "baseline")} if judge else None}
+    return {
+        "items": sorted(ev.get("item_ids") or study.items),
+        "scorers": sorted(ev.get("scorers", [])),
+        "judge": {k: judge.get(k) for k in ("model", "baseline")} if judge else None,
+    }
 
 
 def few(values: Sequence[str], k: int = 4) -> str:
@@ -94,8 +108,10 @@ def check_comparable(studies: Sequence[Study]) -> None:
     names = [s.name for s in studies]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise CompareError(f"the same study name appears twice: {', '.join(dupes)} "
-                           f"({', '.join(str(s.run_dir) for s in studies if s.name in dupes)})")
+        raise CompareError(
+            f"the same study name appears twice: {', '.join(dupes)} "
+            f"({', '.join(str(s.run_dir) for s in studies if s.name in dupes)})"
+        )
     first, ref = studies[0], _slice_signature(studies[0])
     for other in studies[1:]:
         sig = _slice_signature(other)
@@ -106,14 +122,19 @@ def check_comparable(studies: Sequence[Study]) -> None:
                 f"studies {first.name!r} and {other.name!r} evaluated different Z-Bench slices "
                 f"({len(ref['items'])} vs {len(sig['items'])} items; only in {first.name}: "
                 f"{few(only_a)}; only in {other.name}: {few(only_b)}). Rerun them with the same evaluate.splits, "
-                f"evaluate.limit and evaluate.items")
+                f"evaluate.limit and evaluate.items"
+            )
         if sig["scorers"] != ref["scorers"]:
-            raise CompareError(f"studies {first.name!r} and {other.name!r} used different scorers "
-                               f"({', '.join(ref['scorers'])} vs {', '.join(sig['scorers'])}): set the same "
-                               f"evaluate.scorers")
+            raise CompareError(
+                f"studies {first.name!r} and {other.name!r} used different scorers "
+                f"({', '.join(ref['scorers'])} vs {', '.join(sig['scorers'])}): set the same "
+                f"evaluate.scorers"
+            )
         if sig["judge"] != ref["judge"]:
-            raise CompareError(f"studies {first.name!r} and {other.name!r} used different judges ({ref['judge']} vs "
-                               f"{sig['judge']}): set the same evaluate.judge, or none")
+            raise CompareError(
+                f"studies {first.name!r} and {other.name!r} used different judges ({ref['judge']} vs "
+                f"{sig['judge']}): set the same evaluate.judge, or none"
+            )
 
 
 def _base_name(model: str) -> str:
@@ -132,8 +153,10 @@ def load_studies(run_dirs: Iterable[str | Path], params: StudyParams | None = No
         for m in s.study_models:
             owners.setdefault(_base_name(m), set()).add(s.name)
     for s in studies:
-        s.renamed = {m: (f"{s.name}/{m}" if len(owners[_base_name(m)]) > 1 or _base_name(m) in REFERENCE_MODELS
-                         else m) for m in s.study_models}
+        s.renamed = {
+            m: (f"{s.name}/{m}" if len(owners[_base_name(m)]) > 1 or _base_name(m) in REFERENCE_MODELS else m)
+            for m in s.study_models
+        }
     return studies
 
 

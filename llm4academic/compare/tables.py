@@ -20,8 +20,10 @@ from ..zbench import REFERENCE_MODELS, SPLITS, answers_long, model_label
 from .studies import Study, combined
 
 PRIMARY_ORDER: tuple[str, ...] = ("option", "number", "contains", "rouge_l")
-PRIMARY_METHOD = ("each item scored by its most specific reference scorer (option > number > contains > rouge_l), "
-                  "items with a reference only; mean over items, percentile bootstrap CI over items")
+PRIMARY_METHOD = (
+    "each item scored by its most specific reference scorer (option > number > contains > rouge_l), "
+    "items with a reference only; mean over items, percentile bootstrap CI over items"
+)
 MIN_TAG_ITEMS = 3  # findings per tag need at least this many items
 
 
@@ -41,13 +43,15 @@ def model_kinds(models: Iterable[str], studied: Sequence[str]) -> dict[str, str]
     """``study`` (a base model of a study), ``tuned`` (a model the train step tuned) or ``reference``."""
     out = {}
     for m in models:
-        out[m] = ("reference" if m in REFERENCE_MODELS and m not in studied else
-                  "tuned" if m.endswith("-tuned") else "study")
+        out[m] = (
+            "reference" if m in REFERENCE_MODELS and m not in studied else "tuned" if m.endswith("-tuned") else "study"
+        )
     return out
 
 
-def leaderboard(primary: pd.DataFrame, studied: Sequence[str], *, seed: int = 0, n_boot: int = 1000,
-                ci: float = 0.95) -> pd.DataFrame:
+def leaderboard(
+    primary: pd.DataFrame, studied: Sequence[str], *, seed: int = 0, n_boot: int = 1000, ci: float = 0.95
+) -> pd.DataFrame:
     """Per model and split (and ``overall``): ``n, score, ci_low, ci_high`` plus ``kind`` and ``rank`` (1 = best,
     within the split, over all models). Rows: split order, then best first."""
     table = aggregate(primary, ("model", "split"), seed=seed, n_boot=n_boot, ci=ci)
@@ -56,8 +60,11 @@ def leaderboard(primary: pd.DataFrame, studied: Sequence[str], *, seed: int = 0,
     table["label"] = table["model"].map(model_label)
     table["rank"] = table.groupby("split")["score"].rank(ascending=False, method="min").astype(int)
     split_order = {s: i for i, s in enumerate([*SPLITS, OVERALL])}
-    table = table.sort_values(["split", "score", "model"], key=lambda c: c.map(split_order) if c.name == "split"
-                              else -c if c.name == "score" else c, kind="stable").reset_index(drop=True)
+    table = table.sort_values(
+        ["split", "score", "model"],
+        key=lambda c: c.map(split_order) if c.name == "split" else -c if c.name == "score" else c,
+        kind="stable",
+    ).reset_index(drop=True)
     table.attrs["leaderboard"] = {"metric": PRIMARY_METHOD, "seed": seed, "n_boot": n_boot, "ci": ci}
     return table
 
@@ -69,8 +76,12 @@ def overall_order(board: pd.DataFrame) -> list[str]:
 
 def wide_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
     """Models × splits, ``0.412 [0.30, 0.53]`` cells, ordered by the overall score."""
-    cells = board.assign(cell=[f"{s:.3f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(s) else "—"
-                               for s, lo, hi in zip(board["score"], board["ci_low"], board["ci_high"], strict=True)])
+    cells = board.assign(
+        cell=[
+            f"{s:.3f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(s) else "—"
+            for s, lo, hi in zip(board["score"], board["ci_low"], board["ci_high"], strict=True)
+        ]
+    )
     wide = cells.pivot_table(index="model", columns="split", values="cell", aggfunc="first")
     order = board[board["split"] == OVERALL].sort_values("score", ascending=False)["model"]
     splits = [s for s in [*SPLITS, OVERALL] if s in wide.columns]
@@ -95,8 +106,9 @@ def tag_matrix(tags: pd.DataFrame, models: Sequence[str] | None = None, min_item
     return mat
 
 
-def primary_tag_matrix(scores: pd.DataFrame, zbench: pd.DataFrame, models: Sequence[str] | None = None, *,
-                       seed: int = 0) -> pd.DataFrame:
+def primary_tag_matrix(
+    scores: pd.DataFrame, zbench: pd.DataFrame, models: Sequence[str] | None = None, *, seed: int = 0
+) -> pd.DataFrame:
     """Models × tags mean primary scores straight from an evaluation's scores (``primary_scores`` → ``by_tag`` →
     ``tag_matrix``): what the evaluate and compare notebooks both draw as a heatmap."""
     return tag_matrix(by_tag(primary_scores(scores), zbench, seed=seed), models)
@@ -111,8 +123,17 @@ def side_by_side(answers: pd.DataFrame, zbench: pd.DataFrame, k: int = 6) -> pd.
 # --------------------------------------------------------------------------------------------- paired differences
 
 
-def paired_diff(primary: pd.DataFrame, a: str, b: str, items: Iterable[str] | None = None, *, seed: int = 0,
-                n_boot: int = 1000, ci: float = 0.95, key: tuple = ()) -> dict[str, float]:
+def paired_diff(
+    primary: pd.DataFrame,
+    a: str,
+    b: str,
+    items: Iterable[str] | None = None,
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    key: tuple = (),
+) -> dict[str, float]:
     """``a − b`` on the items both answered (optionally only ``items``): mean difference, a paired percentile
     bootstrap CI (items resampled together), ``n`` and whether the CI excludes zero."""
     wide = primary[primary["model"].isin([a, b])].pivot_table(index="item_id", columns="model", values="score")
@@ -122,8 +143,13 @@ def paired_diff(primary: pd.DataFrame, a: str, b: str, items: Iterable[str] | No
         return {"n": 0, "delta": math.nan, "ci_low": math.nan, "ci_high": math.nan, "separated": False}
     d = (wide[a] - wide[b]).dropna().to_numpy()
     mean, low, high = bootstrap_ci(d, n_boot=n_boot, ci=ci, rng=group_rng(seed, a, b, *key))
-    return {"n": int(len(d)), "delta": mean, "ci_low": low, "ci_high": high,
-            "separated": bool(len(d) and (low > 0 or high < 0))}
+    return {
+        "n": int(len(d)),
+        "delta": mean,
+        "ci_low": low,
+        "ci_high": high,
+        "separated": bool(len(d) and (low > 0 or high < 0)),
+    }
 
 
 def tuning_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
@@ -141,8 +167,16 @@ def tuning_deltas(primary: pd.DataFrame, models: Sequence[str], *, seed: int = 0
             part = primary if split == OVERALL else primary[primary["split"] == split]
             d = paired_diff(part, tuned, base, seed=seed, n_boot=n_boot, key=(split,))
             means = part[part["model"].isin([base, tuned])].groupby("model")["score"].mean()
-            rows.append({"base": base, "tuned": tuned, "split": split, "base_score": means.get(base, math.nan),
-                         "tuned_score": means.get(tuned, math.nan), **d})
+            rows.append(
+                {
+                    "base": base,
+                    "tuned": tuned,
+                    "split": split,
+                    "base_score": means.get(base, math.nan),
+                    "tuned_score": means.get(tuned, math.nan),
+                    **d,
+                }
+            )
     cols = ["base", "tuned", "split", "n", "base_score", "tuned_score", "delta", "ci_low", "ci_high", "separated"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -152,8 +186,15 @@ def _best_two(part: pd.DataFrame, models: Sequence[str]) -> list[tuple[str, floa
     return sorted(means.items(), key=lambda kv: (-kv[1], kv[0]))[:2]
 
 
-def findings(primary: pd.DataFrame, zbench: pd.DataFrame, models: Sequence[str], *, seed: int = 0,
-             n_boot: int = 1000, min_tag_items: int = MIN_TAG_ITEMS) -> pd.DataFrame:
+def findings(
+    primary: pd.DataFrame,
+    zbench: pd.DataFrame,
+    models: Sequence[str],
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    min_tag_items: int = MIN_TAG_ITEMS,
+) -> pd.DataFrame:
     """Best of ``models`` per split, overall and per tag (tags with ≥ ``min_tag_items`` items): the runner-up,
     the margin, its paired bootstrap CI and whether that CI excludes zero (``separated``). Overall first, then
     splits, then tags by item count."""
@@ -176,17 +217,47 @@ def findings(primary: pd.DataFrame, zbench: pd.DataFrame, models: Sequence[str],
         if not top:
             continue
         best, best_score = top[0]
-        row = {"facet": facet, "value": value, "items": len(items), "best": best, "best_score": best_score,
-               "runner_up": None, "runner_up_score": math.nan, "margin": math.nan, "ci_low": math.nan,
-               "ci_high": math.nan, "separated": False}
+        row = {
+            "facet": facet,
+            "value": value,
+            "items": len(items),
+            "best": best,
+            "best_score": best_score,
+            "runner_up": None,
+            "runner_up_score": math.nan,
+            "margin": math.nan,
+            "ci_low": math.nan,
+            "ci_high": math.nan,
+            "separated": False,
+        }
         if len(top) > 1:
             runner, runner_score = top[1]
             d = paired_diff(part, best, runner, seed=seed, n_boot=n_boot, key=(facet, value))
-            row.update(runner_up=runner, runner_up_score=runner_score, margin=d["delta"], ci_low=d["ci_low"],
-                       ci_high=d["ci_high"], separated=d["separated"])
+            row.update(
+                runner_up=runner,
+                runner_up_score=runner_score,
+                margin=d["delta"],
+                ci_low=d["ci_low"],
+                ci_high=d["ci_high"],
+                separated=d["separated"],
+            )
         rows.append(row)
-    return pd.DataFrame(rows, columns=["facet", "value", "items", "best", "best_score", "runner_up",
-                                       "runner_up_score", "margin", "ci_low", "ci_high", "separated"])
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "facet",
+            "value",
+            "items",
+            "best",
+            "best_score",
+            "runner_up",
+            "runner_up_score",
+            "margin",
+            "ci_low",
+            "ci_high",
+            "separated",
+        ],
+    )
 
 
 def findings_text(table: pd.DataFrame) -> list[str]:
@@ -197,10 +268,15 @@ def findings_text(table: pd.DataFrame) -> list[str]:
         if r.runner_up is None:
             out.append(f"{where}: {r.best} scores {r.best_score:.3f} (no other studied model to compare)")
             continue
-        verdict = ("the paired 95 % CI of the margin excludes zero" if r.separated else
-                   "the paired 95 % CI of the margin includes zero: not separated")
-        out.append(f"{where}: {r.best} {r.best_score:.3f} vs {r.runner_up} {r.runner_up_score:.3f}, margin "
-                   f"{r.margin:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.items} items — {verdict}")
+        verdict = (
+            "the paired 95 % CI of the margin excludes zero"
+            if r.separated
+            else "the paired 95 % CI of the margin includes zero: not separated"
+        )
+        out.append(
+            f"{where}: {r.best} {r.best_score:.3f} vs {r.runner_up} {r.runner_up_score:.3f}, margin "
+            f"{r.margin:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.items} items — {verdict}"
+        )
     return out
 
 
@@ -228,11 +304,24 @@ def length_bias(primary: pd.DataFrame, lengths: pd.DataFrame) -> pd.DataFrame:
     joined = primary.merge(lengths, on=["model", "item_id"], how="inner")
     rows = []
     for model, g in joined.groupby("model", sort=False):
-        rows.append({"model": model, "items": len(g), "median_chars": float(g["chars"].median()),
-                     "mean_score": float(g["score"].mean()), "spearman": spearman(g["chars"], g["score"])})
-    rows.append({"model": "(all answers)", "items": len(joined), "median_chars": float(joined["chars"].median())
-                 if len(joined) else math.nan, "mean_score": float(joined["score"].mean()) if len(joined) else math.nan,
-                 "spearman": spearman(joined["chars"], joined["score"])})
+        rows.append(
+            {
+                "model": model,
+                "items": len(g),
+                "median_chars": float(g["chars"].median()),
+                "mean_score": float(g["score"].mean()),
+                "spearman": spearman(g["chars"], g["score"]),
+            }
+        )
+    rows.append(
+        {
+            "model": "(all answers)",
+            "items": len(joined),
+            "median_chars": float(joined["chars"].median()) if len(joined) else math.nan,
+            "mean_score": float(joined["score"].mean()) if len(joined) else math.nan,
+            "spearman": spearman(joined["chars"], joined["score"]),
+        }
+    )
     return pd.DataFrame(rows)
 
 
@@ -269,10 +358,14 @@ def training_curves(studies: Sequence[Study]) -> pd.DataFrame:
                 continue
             name = s.renamed.get(f"{entry['model']}-tuned", f"{entry['model']}-tuned")
             metrics = [m for m in ("loss", "lr") if m in rows]
-            frames.append(rows.melt(id_vars="step", value_vars=metrics, var_name="metric").assign(model=name,
-                                                                                                  study=s.name))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["model", "step", "metric",
-                                                                                     "value", "study"])
+            frames.append(
+                rows.melt(id_vars="step", value_vars=metrics, var_name="metric").assign(model=name, study=s.name)
+            )
+    return (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["model", "step", "metric", "value", "study"])
+    )
 
 
 def data_mix(studies: Sequence[Study]) -> pd.DataFrame:
@@ -285,9 +378,17 @@ def data_mix(studies: Sequence[Study]) -> pd.DataFrame:
             continue
         total = summary.get("records_in_mix") or 0
         for d in summary.get("mix", []):
-            rows.append({"study": s.name, "source": d["source"], "mode": d.get("mode"), "weight": d.get("weight"),
-                         "available": d.get("available"), "taken": d.get("taken"),
-                         "share": d.get("taken", 0) / total if total else math.nan})
+            rows.append(
+                {
+                    "study": s.name,
+                    "source": d["source"],
+                    "mode": d.get("mode"),
+                    "weight": d.get("weight"),
+                    "available": d.get("available"),
+                    "taken": d.get("taken"),
+                    "share": d.get("taken", 0) / total if total else math.nan,
+                }
+            )
     return pd.DataFrame(rows, columns=["study", "source", "mode", "weight", "available", "taken", "share"])
 
 
@@ -297,10 +398,16 @@ def data_flow(studies: Sequence[Study]) -> pd.DataFrame:
     for s in studies:
         d = s.rd.read_data_summary()
         if d:
-            rows.append({"study": s.name, "loaded": d.get("records_loaded"),
-                         "after_cleaning": d.get("records_after_cleaning"),
-                         **{f"removed.{k}": v for k, v in (d.get("removed") or {}).items()},
-                         "in_mix": d.get("records_in_mix"), "mix_sha256": (d.get("mix_sha256") or "")[:12]})
+            rows.append(
+                {
+                    "study": s.name,
+                    "loaded": d.get("records_loaded"),
+                    "after_cleaning": d.get("records_after_cleaning"),
+                    **{f"removed.{k}": v for k, v in (d.get("removed") or {}).items()},
+                    "in_mix": d.get("records_in_mix"),
+                    "mix_sha256": (d.get("mix_sha256") or "")[:12],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -310,9 +417,19 @@ def provenance(studies: Sequence[Study]) -> pd.DataFrame:
     for s in studies:
         git = (s.manifest or {}).get("git") or git_info()
         ev = s.evaluate
-        rows.append({"study": s.name, "seed": s.seed, "git_sha": (git.get("sha") or "")[:12],
-                     "dirty": git.get("dirty"), "items": len(s.items), "splits": ", ".join(ev.get("splits", [])),
-                     "limit": ev.get("limit"), "scorers": ", ".join(ev.get("scorers", [])),
-                     "generation": json.dumps(ev.get("generation", {}), sort_keys=True),
-                     "judge": (ev.get("judge") or {}).get("model"), "run_dir": str(s.run_dir)})
+        rows.append(
+            {
+                "study": s.name,
+                "seed": s.seed,
+                "git_sha": (git.get("sha") or "")[:12],
+                "dirty": git.get("dirty"),
+                "items": len(s.items),
+                "splits": ", ".join(ev.get("splits", [])),
+                "limit": ev.get("limit"),
+                "scorers": ", ".join(ev.get("scorers", [])),
+                "generation": json.dumps(ev.get("generation", {}), sort_keys=True),
+                "judge": (ev.get("judge") or {}).get("model"),
+                "run_dir": str(s.run_dir),
+            }
+        )
     return pd.DataFrame(rows)

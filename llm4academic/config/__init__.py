@@ -10,5 +10,12 @@ from .loading import apply_override, format_key_path, load_params, parse_key_pat
 from .schema import *  # noqa: F403  (the schema's classes and name lists are the config's public names)
 from .schema import __all__ as _schema_names
 
-__all__ = ["KitError", "apply_override", "format_key_path", "load_params", "parse_key_path", "resolved_dict",
-           *_schema_names]
+__all__ = [
+    "KitError",
+    "apply_override",
+    "format_key_path",
+    "load_params",
+    "parse_key_path",
+    "resolved_dict",
+    *_schema_names,
+]

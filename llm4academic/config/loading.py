@@ -17,7 +17,6 @@ from pydantic import BaseModel, ValidationError
 
 from .schema import ConfigError, StudyParams
 
-
 _KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
 
@@ -26,7 +25,7 @@ def parse_key_path(key: str) -> list[str | int]:
     parts: list[str | int] = []
     pos = 0
     for m in _KEY.finditer(key):
-        gap = key[pos:m.start()]
+        gap = key[pos : m.start()]
         if gap not in ("", "."):
             raise ConfigError(f"--set {key}: cannot parse the key path near {gap!r}")
         parts.append(m.group(1) if m.group(1) is not None else int(m.group(2)))

@@ -145,8 +145,9 @@ class CleanParams(_Strict):
     exact_dedup: bool = Field(default=True, description="drop records whose normalised text repeats an earlier one")
     near_dedup: NearDedupParams = Field(default_factory=NearDedupParams)
     languages: list[str] | None = Field(default=None, description="keep only records in these languages")
-    tokenizer: str | None = Field(default=None, description="model whose tokens the length filters count "
-                                  "(default: the study's first model)")
+    tokenizer: str | None = Field(
+        default=None, description="model whose tokens the length filters count (default: the study's first model)"
+    )
     min_output_tokens: PositiveInt | None = None
     max_total_tokens: PositiveInt | None = Field(default=None, description="instruction + input + output")
 
@@ -155,23 +156,29 @@ class ContaminationParams(_Strict):
     enabled: bool = True
     n_en: int = Field(default=13, ge=3, le=50, description="word n-grams for English text")
     n_zh: int = Field(default=13, ge=3, le=50, description="character n-grams for Chinese text")
-    min_en: int = Field(default=5, ge=1, description="Z-Bench texts shorter than n_en words are matched whole "
-                        "when they have at least this many words (else reported as too short to check)")
+    min_en: int = Field(
+        default=5,
+        ge=1,
+        description="Z-Bench texts shorter than n_en words are matched whole "
+        "when they have at least this many words (else reported as too short to check)",
+    )
     min_zh: int = Field(default=8, ge=1, description="the same, in Chinese characters")
-    fields: list[Literal["prompt", "reference"]] = Field(default_factory=lambda: ["prompt", "reference"],
-                                                         min_length=1)
+    fields: list[Literal["prompt", "reference"]] = Field(default_factory=lambda: ["prompt", "reference"], min_length=1)
 
 
 class MixParams(_Strict):
-    total: PositiveInt | None = Field(default=None, description="records drawn by the weighted sources "
-                                      "(default: as many as their files allow without replacement)")
+    total: PositiveInt | None = Field(
+        default=None,
+        description="records drawn by the weighted sources (default: as many as their files allow without replacement)",
+    )
     shuffle: bool = Field(default=True, description="shuffle the mix (seeded)")
 
 
 class DataParams(_Strict):
     sources: list[SourceParams] = Field(min_length=1)
     on_invalid: Literal["error", "skip"] = Field(
-        default="error", description="error: stop at the first bad record (file:line); skip: count and go on")
+        default="error", description="error: stop at the first bad record (file:line); skip: count and go on"
+    )
     clean: CleanParams = Field(default_factory=CleanParams)
     contamination: ContaminationParams = Field(default_factory=ContaminationParams)
     decontaminate: bool = Field(default=False, description="drop training records that overlap Z-Bench")
@@ -191,8 +198,9 @@ class ModelParams(_Strict):
     path: str
     trust_remote_code: bool = Field(default=False, description="run the checkpoint's own Python code")
     revision: str | None = None
-    card: ModelCardName | None = Field(default=None, description="model family card (catalog); "
-                                       "default: from the checkpoint's model_type")
+    card: ModelCardName | None = Field(
+        default=None, description="model family card (catalog); default: from the checkpoint's model_type"
+    )
     template: TemplateName | None = Field(default=None, description="prompt template; default: the card's")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
@@ -201,7 +209,7 @@ class ModelParams(_Strict):
     @classmethod
     def _known(cls, v: str, info: ValidationInfo) -> str:
         if v.startswith(TINY_PREFIX):
-            arch = v[len(TINY_PREFIX):]
+            arch = v[len(TINY_PREFIX) :]
             if arch not in TINY_ARCHS:
                 raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {', '.join(TINY_ARCHS)}")
             return v
@@ -215,8 +223,10 @@ class ModelParams(_Strict):
 
 
 class FsdpParams(_Strict):
-    enabled: bool = Field(default=True, description="shard with FSDP (full shard, auto-wrap on the card's layer "
-                          "class); false = DDP across processes")
+    enabled: bool = Field(
+        default=True,
+        description="shard with FSDP (full shard, auto-wrap on the card's layer class); false = DDP across processes",
+    )
     version: Literal[1, 2] = 2
     activation_checkpointing: bool = False
     cpu_offload: bool = False
@@ -265,23 +275,35 @@ class ExploreParams(_Strict):
 
 
 class JudgeParams(_Strict):
-    model: str | None = Field(default=None, description="a study model's name, or a local path / hub id of an "
-                              "HF causal model that grades answers 1-10; unset = no judge")
-    baseline: str | None = Field(default=None, description="pairwise: compare each model with this one "
-                                 "(a study model or a Z-Bench reference model), judged in both orders")
+    model: str | None = Field(
+        default=None,
+        description="a study model's name, or a local path / hub id of an "
+        "HF causal model that grades answers 1-10; unset = no judge",
+    )
+    baseline: str | None = Field(
+        default=None,
+        description="pairwise: compare each model with this one "
+        "(a study model or a Z-Bench reference model), judged in both orders",
+    )
 
 
 class EvaluateParams(_Strict):
     splits: list[SplitName] = Field(default_factory=lambda: list(get_args(SplitName)), min_length=1)
     limit: PositiveInt | None = Field(default=None, description="the first N prompts of each split")
-    items: list[str] | None = Field(default=None, min_length=1, description="exactly these Z-Bench item ids "
-                                    "(e.g. advanced-193), instead of the first `limit` of each split")
+    items: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="exactly these Z-Bench item ids (e.g. advanced-193), instead of the first `limit` of each split",
+    )
     base: bool = Field(default=True, description="evaluate the base models")
     tuned: bool = Field(default=True, description="evaluate the models the train step tuned")
     max_new_tokens: PositiveInt = 256
     batch_size: PositiveInt = 16
-    backend: Backend = Field(default="transformers", description="transformers (batched HF generate) or vllm "
-                             "(GPU; needs the vllm package, which the kit does not install)")
+    backend: Backend = Field(
+        default="transformers",
+        description="transformers (batched HF generate) or vllm "
+        "(GPU; needs the vllm package, which the kit does not install)",
+    )
     do_sample: bool = False
     temperature: PositiveFloat = 1.0
     top_p: float = Field(default=1.0, gt=0, le=1)
@@ -296,18 +318,24 @@ class EvaluateParams(_Strict):
             _check_unique(self.items, "Z-Bench item")
             outside = [i for i in self.items if i.split("-")[0] not in self.splits]
             if outside:
-                raise ValueError(f"evaluate.items: {', '.join(outside)} not in evaluate.splits "
-                                 f"({', '.join(self.splits)}); item ids look like basic-000, advanced-193, domain-012")
+                raise ValueError(
+                    f"evaluate.items: {', '.join(outside)} not in evaluate.splits "
+                    f"({', '.join(self.splits)}); item ids look like basic-000, advanced-193, domain-012"
+                )
         return self
 
 
 class CompareParams(_Strict):
     n_boot: int = Field(default=1000, ge=100, le=100_000, description="bootstrap resamples for every interval")
     min_tag_items: PositiveInt = Field(default=3, description="findings per task tag need this many items")
-    examples: list[str] | None = Field(default=None, description="Z-Bench item ids shown side by side; default: "
-                                       "the items on which the studied models differ most")
-    reference_models: list[str] | None = Field(default=None, description="Z-Bench reference models shown next to "
-                                               "the studied models' answers; default: the three best")
+    examples: list[str] | None = Field(
+        default=None,
+        description="Z-Bench item ids shown side by side; default: the items on which the studied models differ most",
+    )
+    reference_models: list[str] | None = Field(
+        default=None,
+        description="Z-Bench reference models shown next to the studied models' answers; default: the three best",
+    )
 
 
 class ReportParams(_Strict):
@@ -344,15 +372,19 @@ class StudyParams(_Strict):
     def _tokenizer_is_a_model(self) -> StudyParams:
         names = [m.name for m in self.models]
         if self.data.clean.tokenizer is not None and self.data.clean.tokenizer not in names:
-            raise ValueError(f"data.clean.tokenizer: {self.data.clean.tokenizer!r} is not one of the study's "
-                             f"models ({', '.join(names)})")
+            raise ValueError(
+                f"data.clean.tokenizer: {self.data.clean.tokenizer!r} is not one of the study's "
+                f"models ({', '.join(names)})"
+            )
         return self
 
     @model_validator(mode="after")
     def _lora_without_fsdp(self) -> StudyParams:
         if self.train.method == "lora" and self.train.fsdp.enabled:
-            raise ValueError("train.method: lora trains the adapters under DDP (every rank holds the frozen base "
-                             "model); set train.fsdp.enabled: false")
+            raise ValueError(
+                "train.method: lora trains the adapters under DDP (every rank holds the frozen base "
+                "model); set train.fsdp.enabled: false"
+            )
         return self
 
     @model_validator(mode="after")
@@ -360,8 +392,9 @@ class StudyParams(_Strict):
         names = [m.name for m in self.models]
         unknown = [n for n in self.train.models or [] if n not in names]
         if unknown:
-            raise ValueError(f"train.models: {', '.join(map(repr, unknown))} not among the study's models "
-                             f"({', '.join(names)})")
+            raise ValueError(
+                f"train.models: {', '.join(map(repr, unknown))} not among the study's models ({', '.join(names)})"
+            )
         return self
 
     def model(self, name: str) -> ModelParams:

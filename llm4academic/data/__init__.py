@@ -37,8 +37,9 @@ def prepare(params: StudyParams, tokenizer=None, zbench=None) -> Prepared:
     report = None
     if d.contamination.enabled:
         c = d.contamination
-        report = find_contamination(cleaned.to_pandas(), zbench, n_en=c.n_en, n_zh=c.n_zh, min_en=c.min_en,
-                                    min_zh=c.min_zh, fields=c.fields)
+        report = find_contamination(
+            cleaned.to_pandas(), zbench, n_en=c.n_en, n_zh=c.n_zh, min_en=c.min_en, min_zh=c.min_zh, fields=c.fields
+        )
         if d.decontaminate:
             cleaned, rep = clean.drop_ids(cleaned, report.contaminated_ids(), "decontaminate")
             clean_reports.append(rep)
@@ -55,10 +56,15 @@ def save(prepared: Prepared, run_dir: str | Path | RunDir, seed: int) -> dict:
     steps = [r.to_dict() for r in prepared.clean_reports]
     write_json(rd.load_report, loads, default=None)
     write_json(rd.clean_report, steps, default=None)
-    summary = {"records_loaded": len(prepared.pool), "records_after_cleaning": len(prepared.cleaned),
-               "records_in_mix": len(prepared.mix), "mix_sha256": mix_summary["sha256"],
-               "skipped": {r["source"]: r["skipped"] for r in loads},
-               "removed": {s["step"]: s["removed"] for s in steps}, "mix": mix_summary["sources"]}
+    summary = {
+        "records_loaded": len(prepared.pool),
+        "records_after_cleaning": len(prepared.cleaned),
+        "records_in_mix": len(prepared.mix),
+        "mix_sha256": mix_summary["sha256"],
+        "skipped": {r["source"]: r["skipped"] for r in loads},
+        "removed": {s["step"]: s["removed"] for s in steps},
+        "mix": mix_summary["sources"],
+    }
     if prepared.contamination is not None:
         write_json(rd.contamination, prepared.contamination.to_dict(), default=None)
         flagged = prepared.contamination.contaminated_ids()

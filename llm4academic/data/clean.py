@@ -38,8 +38,15 @@ class StepReport:
             self.examples.append(example)
 
     def to_dict(self) -> dict:
-        return {"step": self.step, "before": self.before, "removed": self.removed, "after": self.before - self.removed,
-                "by_source": dict(self.by_source), "detail": self.detail, "examples": self.examples}
+        return {
+            "step": self.step,
+            "before": self.before,
+            "removed": self.removed,
+            "after": self.before - self.removed,
+            "by_source": dict(self.by_source),
+            "detail": self.detail,
+            "examples": self.examples,
+        }
 
 
 def column(ds: datasets.Dataset, name: str) -> list:
@@ -55,8 +62,10 @@ def normalise(text: str) -> str:
 def record_texts(ds: datasets.Dataset) -> list[str]:
     """One string per record: instruction, input, output and every conversation turn."""
     cols = ds.select_columns(["instruction", "input", "output", "conversation"]).to_dict()
-    return ["\n".join([i, x, o, *(t["content"] for t in conv)])
-            for i, x, o, conv in zip(cols["instruction"], cols["input"], cols["output"], cols["conversation"])]
+    return [
+        "\n".join([i, x, o, *(t["content"] for t in conv)])
+        for i, x, o, conv in zip(cols["instruction"], cols["input"], cols["output"], cols["conversation"], strict=False)
+    ]
 
 
 def _keep(ds: datasets.Dataset, removed: set[int]) -> datasets.Dataset:
@@ -81,11 +90,12 @@ def _shingles(text: str, k: int) -> list[bytes]:
     norm = normalise(text)
     if len(norm) <= k:
         return [norm.encode("utf-8")]
-    return list({norm[i:i + k].encode("utf-8") for i in range(len(norm) - k + 1)})
+    return list({norm[i : i + k].encode("utf-8") for i in range(len(norm) - k + 1)})
 
 
-def near_dedup(ds: datasets.Dataset, threshold: float = 0.85, num_perm: int = 128, shingle: int = 5,
-               seed: int = 1) -> tuple[datasets.Dataset, StepReport]:
+def near_dedup(
+    ds: datasets.Dataset, threshold: float = 0.85, num_perm: int = 128, shingle: int = 5, seed: int = 1
+) -> tuple[datasets.Dataset, StepReport]:
     """Drop records whose character-shingle MinHash (datasketch LSH) is ≥ ``threshold`` similar to a kept one.
 
     LSH (with a looser band setting) proposes candidates; the MinHash Jaccard estimate confirms them, so a pair
@@ -104,8 +114,11 @@ def near_dedup(ds: datasets.Dataset, threshold: float = 0.85, num_perm: int = 12
         if match:
             j = min(match)
             removed.add(i)
-            rep.note(sources[i], {"removed": ids[i], "similar_to": ids[j],
-                                  "similarity": round(hashes[j].jaccard(mh), 3)}, across=sources[i] != sources[j])
+            rep.note(
+                sources[i],
+                {"removed": ids[i], "similar_to": ids[j], "similarity": round(hashes[j].jaccard(mh), 3)},
+                across=sources[i] != sources[j],
+            )
         else:
             lsh.insert(str(i), mh)
     return _keep(ds, removed), rep
@@ -114,34 +127,54 @@ def near_dedup(ds: datasets.Dataset, threshold: float = 0.85, num_perm: int = 12
 def language_filter(ds: datasets.Dataset, languages: list[str]) -> tuple[datasets.Dataset, StepReport]:
     rep = StepReport("language_filter", len(ds))
     removed = set()
-    for i, (rid, src, lang) in enumerate(zip(column(ds, "id"), column(ds, "source"), column(ds, "language"))):
+    for i, (rid, src, lang) in enumerate(
+        zip(column(ds, "id"), column(ds, "source"), column(ds, "language"), strict=False)
+    ):
         if lang not in languages:
             removed.add(i)
             rep.note(src, {"removed": rid, "language": lang})
-    rep.detail = {"kept_languages": list(languages), "removed_by_language": dict(
-        Counter(lang for i, lang in enumerate(column(ds, "language")) if i in removed))}
+    rep.detail = {
+        "kept_languages": list(languages),
+        "removed_by_language": dict(Counter(lang for i, lang in enumerate(column(ds, "language")) if i in removed)),
+    }
     return _keep(ds, removed), rep
 
 
-def length_filter(ds: datasets.Dataset, tokenizer, tokenizer_name: str, min_output_tokens: int | None = None,
-                  max_total_tokens: int | None = None) -> tuple[datasets.Dataset, StepReport]:
+def length_filter(
+    ds: datasets.Dataset,
+    tokenizer,
+    tokenizer_name: str,
+    min_output_tokens: int | None = None,
+    max_total_tokens: int | None = None,
+) -> tuple[datasets.Dataset, StepReport]:
     """Drop records whose output is shorter than ``min_output_tokens`` or whose instruction + input + output is
     longer than ``max_total_tokens``, counted in ``tokenizer``'s tokens (one batched call per field)."""
     rep = StepReport("length_filter", len(ds))
-    lengths = {f: [len(x) for x in tokenizer(column(ds, f), add_special_tokens=False, verbose=False)["input_ids"]]
-               for f in ("instruction", "input", "output")}
+    lengths = {
+        f: [len(x) for x in tokenizer(column(ds, f), add_special_tokens=False, verbose=False)["input_ids"]]
+        for f in ("instruction", "input", "output")
+    }
     removed = set()
     reasons: Counter = Counter()
-    for i, (rid, src) in enumerate(zip(column(ds, "id"), column(ds, "source"))):
+    for i, (rid, src) in enumerate(zip(column(ds, "id"), column(ds, "source"), strict=False)):
         total = lengths["instruction"][i] + lengths["input"][i] + lengths["output"][i]
-        why = ("output_too_short" if min_output_tokens and lengths["output"][i] < min_output_tokens else
-               "too_long" if max_total_tokens and total > max_total_tokens else None)
+        why = (
+            "output_too_short"
+            if min_output_tokens and lengths["output"][i] < min_output_tokens
+            else "too_long"
+            if max_total_tokens and total > max_total_tokens
+            else None
+        )
         if why:
             removed.add(i)
             reasons[why] += 1
             rep.note(src, {"removed": rid, "reason": why, "output_tokens": lengths["output"][i], "total_tokens": total})
-    rep.detail = {"tokenizer": tokenizer_name, "min_output_tokens": min_output_tokens,
-                  "max_total_tokens": max_total_tokens, "reasons": dict(reasons)}
+    rep.detail = {
+        "tokenizer": tokenizer_name,
+        "min_output_tokens": min_output_tokens,
+        "max_total_tokens": max_total_tokens,
+        "reasons": dict(reasons),
+    }
     return _keep(ds, removed), rep
 
 
@@ -149,7 +182,7 @@ def drop_ids(ds: datasets.Dataset, ids: set[str], step: str) -> tuple[datasets.D
     """Drop the records whose id is in ``ids`` (e.g. those that overlap Z-Bench)."""
     rep = StepReport(step, len(ds))
     removed = set()
-    for i, (rid, src) in enumerate(zip(column(ds, "id"), column(ds, "source"))):
+    for i, (rid, src) in enumerate(zip(column(ds, "id"), column(ds, "source"), strict=False)):
         if rid in ids:
             removed.add(i)
             rep.note(src, {"removed": rid})

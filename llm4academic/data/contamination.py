@@ -71,7 +71,7 @@ def char_ngrams(chars: str, n: int) -> Iterator[str]:
 
 def word_ngrams(words: list[str], n: int) -> Iterator[str]:
     """Every window of ``n`` words, joined by single spaces."""
-    return map(" ".join, zip(*(words[i:] for i in range(n))))
+    return map(" ".join, zip(*(words[i:] for i in range(n)), strict=False))
 
 
 def padded(words: list[str]) -> str:
@@ -116,19 +116,28 @@ class ZBenchIndex:
 def build_index(zbench: pd.DataFrame, settings: Settings) -> ZBenchIndex:
     missing = [c for c in ("item_id", "split", *settings.fields) if c not in zbench.columns]
     if missing:
-        raise ContaminationError(f"the Z-Bench table has no column {', '.join(missing)}; "
-                                 f"it has: {', '.join(map(str, zbench.columns))}")
+        raise ContaminationError(
+            f"the Z-Bench table has no column {', '.join(missing)}; it has: {', '.join(map(str, zbench.columns))}"
+        )
     index, rows = ZBenchIndex(settings), []
     for item_id, split, *texts in zbench[["item_id", "split", *settings.fields]].itertuples(index=False):
-        for fld, text in zip(settings.fields, texts):
+        for fld, text in zip(settings.fields, texts, strict=False):
             status, grams = item_grams(_as_text(text), settings)
             for g in grams:
                 if status == "whole":
                     index.whole.setdefault(g[0], defaultdict(set))[g[1]].add((item_id, fld))
                 else:
                     index.ngrams[g].add((item_id, fld))
-            rows.append({"item_id": item_id, "split": split, "field": fld, "status": status,
-                         "ngrams": len(grams), "text": _as_text(text)})
+            rows.append(
+                {
+                    "item_id": item_id,
+                    "split": split,
+                    "field": fld,
+                    "status": status,
+                    "ngrams": len(grams),
+                    "text": _as_text(text),
+                }
+            )
     index.items = pd.DataFrame(rows, columns=["item_id", "split", "field", "status", "ngrams", "text"])
     return index
 
@@ -155,12 +164,15 @@ def text_hits(text: str, index: ZBenchIndex) -> dict[Key, list[str]]:
 def _text_columns(records: pd.DataFrame) -> list[str]:
     cols = [c for c in RECORD_TEXT if c in records.columns]
     if "id" not in records.columns or not cols:
-        raise ContaminationError("the training records need an `id` column and at least one of "
-                                 f"{', '.join(RECORD_TEXT)}; they have: {', '.join(map(str, records.columns))}")
+        raise ContaminationError(
+            "the training records need an `id` column and at least one of "
+            f"{', '.join(RECORD_TEXT)}; they have: {', '.join(map(str, records.columns))}"
+        )
     dupes = records["id"][records["id"].duplicated()]
     if len(dupes):
-        raise ContaminationError(f"record ids must be unique to report and drop records; repeated: "
-                                 f"{', '.join(map(str, dupes.unique()[:5]))}")
+        raise ContaminationError(
+            f"record ids must be unique to report and drop records; repeated: {', '.join(map(str, dupes.unique()[:5]))}"
+        )
     return cols
 
 
@@ -176,7 +188,7 @@ def _as_text(value) -> str:
 def record_texts(records: pd.DataFrame) -> Iterator[str]:
     """Each record's text fields and conversation turns as one text, with a ``FIELD_BREAK`` between them."""
     cols = [records[c].tolist() for c in _text_columns(records)]
-    for values in zip(*cols):
+    for values in zip(*cols, strict=False):
         yield FIELD_BREAK.join(map(_as_text, values))
 
 
@@ -216,27 +228,44 @@ class ContaminationReport:
 
 
 def _match_rows(ids, sources, texts: Iterable[str], index: ZBenchIndex) -> list[dict]:
-    split_of = dict(zip(index.items["item_id"], index.items["split"]))
+    split_of = dict(zip(index.items["item_id"], index.items["split"], strict=False))
     size = {(r.item_id, r.field): r.ngrams for r in index.items.itertuples()}
     rows = []
-    for rid, src, text in zip(ids, sources, texts):
+    for rid, src, text in zip(ids, sources, texts, strict=False):
         for (item_id, fld), grams in text_hits(text, index).items():
-            rows.append({"id": rid, "source": src, "item_id": item_id, "split": split_of[item_id], "field": fld,
-                         "shared_ngrams": len(grams), "item_ngrams": size[item_id, fld], "example": grams[0]})
+            rows.append(
+                {
+                    "id": rid,
+                    "source": src,
+                    "item_id": item_id,
+                    "split": split_of[item_id],
+                    "field": fld,
+                    "shared_ngrams": len(grams),
+                    "item_ngrams": size[item_id, fld],
+                    "example": grams[0],
+                }
+            )
     return rows
 
 
 def _per_record(matches: pd.DataFrame) -> pd.DataFrame:
     g = matches.groupby("id", sort=False)
-    return pd.DataFrame({"source": g["source"].first(), "item_ids": g["item_id"].unique().map(sorted),
-                         "fields": g["field"].unique().map(sorted), "shared_ngrams": g["shared_ngrams"].sum(),
-                         "example": g["example"].first()}).reset_index()
+    return pd.DataFrame(
+        {
+            "source": g["source"].first(),
+            "item_ids": g["item_id"].unique().map(sorted),
+            "fields": g["field"].unique().map(sorted),
+            "shared_ngrams": g["shared_ngrams"].sum(),
+            "example": g["example"].first(),
+        }
+    ).reset_index()
 
 
 def _per_item(matches: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     g = matches.groupby("item_id")
-    out = pd.DataFrame({"split": g["split"].first(), "records": g["id"].nunique(),
-                        "fields": g["field"].unique().map(sorted)}).reset_index()
+    out = pd.DataFrame(
+        {"split": g["split"].first(), "records": g["id"].nunique(), "fields": g["field"].unique().map(sorted)}
+    ).reset_index()
     rank = {k: i for i, k in enumerate(order)}
     return out.sort_values("item_id", key=lambda s: s.map(rank)).reset_index(drop=True)
 
@@ -244,30 +273,48 @@ def _per_item(matches: pd.DataFrame, order: list[str]) -> pd.DataFrame:
 def _counts(records_scanned: int, matches: pd.DataFrame, items: pd.DataFrame) -> dict:
     checkable = items[items["status"].isin(["ngrams", "whole"])]
     by_field = items.groupby("field", sort=False)["status"].value_counts()
-    return {"records_scanned": records_scanned, "records_contaminated": int(matches["id"].nunique()),
-            "items": int(items["item_id"].nunique()), "items_checked": int(checkable["item_id"].nunique()),
-            "items_too_short": int(items["item_id"].nunique() - checkable["item_id"].nunique()),
-            "items_affected": int(matches["item_id"].nunique()),
-            "fields": {f: {k: int(v) for k, v in by_field[f].items()} for f in items["field"].unique()}}
+    return {
+        "records_scanned": records_scanned,
+        "records_contaminated": int(matches["id"].nunique()),
+        "items": int(items["item_id"].nunique()),
+        "items_checked": int(checkable["item_id"].nunique()),
+        "items_too_short": int(items["item_id"].nunique() - checkable["item_id"].nunique()),
+        "items_affected": int(matches["item_id"].nunique()),
+        "fields": {f: {k: int(v) for k, v in by_field[f].items()} for f in items["field"].unique()},
+    }
 
 
-def find_contamination(records: pd.DataFrame, zbench: pd.DataFrame | None = None, *, n_en: int = 13,
-                       n_zh: int = 13, min_en: int = 5, min_zh: int = 8,
-                       fields: Iterable[str] = ("prompt", "reference"), progress: bool = True) -> ContaminationReport:
+def find_contamination(
+    records: pd.DataFrame,
+    zbench: pd.DataFrame | None = None,
+    *,
+    n_en: int = 13,
+    n_zh: int = 13,
+    min_en: int = 5,
+    min_zh: int = 8,
+    fields: Iterable[str] = ("prompt", "reference"),
+    progress: bool = True,
+) -> ContaminationReport:
     """Which training records overlap which Z-Bench items (``zbench`` defaults to the shipped Z-Bench)."""
     zbench = load_zbench() if zbench is None else zbench
     fields = (fields,) if isinstance(fields, str) else tuple(dict.fromkeys(fields))
     settings = Settings(n_en=n_en, n_zh=n_zh, min_en=min_en, min_zh=min_zh, fields=fields)
     _text_columns(records)  # fail before building anything
     start, index = time.perf_counter(), build_index(zbench, settings)
-    texts = tqdm(record_texts(records), total=len(records), desc="contamination", unit="rec",
-                 disable=not progress, mininterval=1)
+    texts = tqdm(
+        record_texts(records), total=len(records), desc="contamination", unit="rec", disable=not progress, mininterval=1
+    )
     sources = records["source"].tolist() if "source" in records.columns else [""] * len(records)
     matches = pd.DataFrame(_match_rows(records["id"].tolist(), sources, texts, index), columns=MATCH_COLUMNS)
     seconds = round(time.perf_counter() - start, 3)
     info = {**asdict(settings), "fields": list(settings.fields), "zbench": zbench.attrs.get("zbench", {})}
     too_short = index.items.loc[index.items["status"] == "too_short", ["item_id", "split", "field", "text"]]
-    return ContaminationReport(matches=matches, records=_per_record(matches),
-                               items=_per_item(matches, zbench["item_id"].tolist()),
-                               too_short=too_short.reset_index(drop=True),
-                               counts=_counts(len(records), matches, index.items), settings=info, seconds=seconds)
+    return ContaminationReport(
+        matches=matches,
+        records=_per_record(matches),
+        items=_per_item(matches, zbench["item_id"].tolist()),
+        too_short=too_short.reset_index(drop=True),
+        counts=_counts(len(records), matches, index.items),
+        settings=info,
+        seconds=seconds,
+    )

@@ -29,17 +29,19 @@ from ..config import SourceParams
 from .raw import DataError, InvalidRecord, iter_raw
 from .stats import detect_language
 
-RECORD_FEATURES = datasets.Features({
-    "id": datasets.Value("string"),
-    "source": datasets.Value("string"),
-    "language": datasets.Value("string"),
-    "instruction": datasets.Value("string"),
-    "input": datasets.Value("string"),
-    "output": datasets.Value("string"),
-    "conversation": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-    "chosen": datasets.Value("string"),
-    "rejected": datasets.Value("string"),
-})
+RECORD_FEATURES = datasets.Features(
+    {
+        "id": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "language": datasets.Value("string"),
+        "instruction": datasets.Value("string"),
+        "input": datasets.Value("string"),
+        "output": datasets.Value("string"),
+        "conversation": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+        "chosen": datasets.Value("string"),
+        "rejected": datasets.Value("string"),
+    }
+)
 COLUMNS = tuple(RECORD_FEATURES)
 MAX_EXAMPLES = 5  # file:line examples kept per load report
 
@@ -82,9 +84,17 @@ class LoadReport:
     examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "path": self.path, "format": self.format, "layout": self.layout,
-                "read": self.read, "kept": self.kept, "skipped": dict(self.skipped),
-                "skipped_total": sum(self.skipped.values()), "examples": list(self.examples)}
+        return {
+            "source": self.source,
+            "path": self.path,
+            "format": self.format,
+            "layout": self.layout,
+            "read": self.read,
+            "kept": self.kept,
+            "skipped": dict(self.skipped),
+            "skipped_total": sum(self.skipped.values()),
+            "examples": list(self.examples),
+        }
 
 
 # --------------------------------------------------------------------------------------------- field checks
@@ -103,8 +113,7 @@ def _text(obj: dict, key: str, *, required: bool = True, allow_empty: bool = Fal
         return ""
     value = obj[key]
     if not isinstance(value, str):
-        raise InvalidRecord(_reason("wrong_type", path),
-                            f"field {path!r} is {type(value).__name__}, expected a string")
+        raise InvalidRecord(_reason("wrong_type", path), f"field {path!r} is {type(value).__name__}, expected a string")
     if not allow_empty and not value.strip():
         raise InvalidRecord(_reason("empty", path), f"field {path!r} is empty")
     return value
@@ -121,14 +130,19 @@ def _objects(obj: dict, key: str) -> list[dict]:
         raise InvalidRecord(f"empty:{key}", f"field {key!r} is an empty list")
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise InvalidRecord(f"wrong_type:{key}",
-                                f"field '{key}[{i}]' is {type(item).__name__}, expected an object")
+            raise InvalidRecord(f"wrong_type:{key}", f"field '{key}[{i}]' is {type(item).__name__}, expected an object")
     return value
 
 
 def _single(instruction: str, input_: str, output: str) -> dict:
-    return {"instruction": instruction, "input": input_, "output": output, "conversation": [],
-            "chosen": "", "rejected": ""}
+    return {
+        "instruction": instruction,
+        "input": input_,
+        "output": output,
+        "conversation": [],
+        "chosen": "",
+        "rejected": "",
+    }
 
 
 def _columns(obj: dict, instruction: str, output: str, input_: str | None = None) -> list[dict]:
@@ -149,22 +163,26 @@ def _check_turns(turns: list[Turn], field: str, *, empty_replies: bool = False) 
     for i, (role, _content, label) in enumerate(body):
         expected = ("user", "assistant")[i % 2]
         if role != expected:
-            raise InvalidRecord(f"not_alternating:{field}", f"{label} has role {role!r}, expected {expected!r} "
-                                "(user and assistant turns alternate, after an optional first system turn)")
+            raise InvalidRecord(
+                f"not_alternating:{field}",
+                f"{label} has role {role!r}, expected {expected!r} "
+                "(user and assistant turns alternate, after an optional first system turn)",
+            )
     for role, content, label in turns:
         if not content.strip() and not (empty_replies and role == "assistant"):
             raise InvalidRecord(f"empty:{field}", f"{label} is empty (expected the {role} turn's text)")
     if not body or body[-1][0] != "assistant":
-        raise InvalidRecord(f"not_alternating:{field}",
-                            f"field {field!r} ends with a {turns[-1][0]} turn, expected it to end with an "
-                            "assistant reply")
+        raise InvalidRecord(
+            f"not_alternating:{field}",
+            f"field {field!r} ends with a {turns[-1][0]} turn, expected it to end with an assistant reply",
+        )
     return turns
 
 
 def _dialogue(turns: list[Turn]) -> dict:
     """The unified multi-turn record from checked turns: instruction = first user turn, output = the reply to it."""
     first = 1 if turns[0][0] == "system" else 0
-    (_, instruction, _), (_, output, label) = turns[first:first + 2]
+    (_, instruction, _), (_, output, label) = turns[first : first + 2]
     if not output.strip():
         raise InvalidRecord("empty:output", f"{label}, the first assistant reply, is empty")
     rec = _single(instruction, "", output)
@@ -183,29 +201,45 @@ class Speakers:
 
 def _split_turns(text: str, speakers: Speakers, field: str) -> list[Turn]:
     found = list(speakers.pattern.finditer(text))
-    before = text[:found[0].start()].strip() if found else ""
+    before = text[: found[0].start()].strip() if found else ""
     if not found or before:
         what = f"starts with untagged text {before[:40]!r}" if before else "holds no speaker tag"
-        raise InvalidRecord(f"unsplittable:{field}", f"field {field!r} cannot be split into turns: it {what}; "
-                            f"expected turns tagged {speakers.described}")
+        raise InvalidRecord(
+            f"unsplittable:{field}",
+            f"field {field!r} cannot be split into turns: it {what}; expected turns tagged {speakers.described}",
+        )
     ends = [m.start() for m in found[1:]] + [len(text)]
-    return [(speakers.roles[m.group(1)], text[m.end():end].strip(), f"{field} turn {i} ({m.group(1)}:)")
-            for i, (m, end) in enumerate(zip(found, ends), 1)]
+    return [
+        (speakers.roles[m.group(1)], text[m.end() : end].strip(), f"{field} turn {i} ({m.group(1)}:)")
+        for i, (m, end) in enumerate(zip(found, ends, strict=False), 1)
+    ]
 
 
 # --------------------------------------------------------------------------------------------- adapters
 
 # OIG: "<human>:" / "<bot>:" tags, or the bot's name at the start of a line (unified_joke_explanations: "Rosey:").
 OIG_BOT_NAMES = ("Rosey",)
-OIG_SPEAKERS = Speakers(re.compile(rf"(<human>|<bot>|^(?:{'|'.join(OIG_BOT_NAMES)})):", re.M),
-                        {"<human>": "user", "<bot>": "assistant", **dict.fromkeys(OIG_BOT_NAMES, "assistant")},
-                        "<human>: and <bot>: (or a bot name at a line start: "
-                        + ", ".join(f"{n}:" for n in OIG_BOT_NAMES) + ")")
-HH_SPEAKERS = Speakers(re.compile(r"(?:^|\n\n)(Human|Assistant):"), {"Human": "user", "Assistant": "assistant"},
-                       "'\\n\\nHuman:' and '\\n\\nAssistant:'")
+OIG_SPEAKERS = Speakers(
+    re.compile(rf"(<human>|<bot>|^(?:{'|'.join(OIG_BOT_NAMES)})):", re.M),
+    {"<human>": "user", "<bot>": "assistant", **dict.fromkeys(OIG_BOT_NAMES, "assistant")},
+    "<human>: and <bot>: (or a bot name at a line start: " + ", ".join(f"{n}:" for n in OIG_BOT_NAMES) + ")",
+)
+HH_SPEAKERS = Speakers(
+    re.compile(r"(?:^|\n\n)(Human|Assistant):"),
+    {"Human": "user", "Assistant": "assistant"},
+    "'\\n\\nHuman:' and '\\n\\nAssistant:'",
+)
 # ShareGPT "from" values → roles; FastChat maps chatgpt/bing/bard replies to the assistant too.
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+}
 
 
 def _alpaca(obj: dict) -> list[dict]:
@@ -223,33 +257,43 @@ def _gpt4all(obj: dict) -> list[dict]:
 def _seed_tasks(obj: dict) -> list[dict]:
     """Self-Instruct seed task: one record per instance, all sharing the task's instruction."""
     instruction = _text(obj, "instruction")
-    return [_single(instruction,
-                    _text(inst, "input", required=False, allow_empty=True, path=f"instances[{i}].input"),
-                    _text(inst, "output", path=f"instances[{i}].output"))
-            for i, inst in enumerate(_objects(obj, "instances"))]
+    return [
+        _single(
+            instruction,
+            _text(inst, "input", required=False, allow_empty=True, path=f"instances[{i}].input"),
+            _text(inst, "output", path=f"instances[{i}].output"),
+        )
+        for i, inst in enumerate(_objects(obj, "instances"))
+    ]
 
 
 def _firefly(obj: dict) -> list[dict]:
     """Firefly's multi-turn ``conversation[{human, assistant}]``, or the 1.1M release's flat ``kind, input, target``."""
     if "conversation" not in obj:
         return _columns(obj, "input", "target")
-    turns = [(role, _text(pair, key, path=f"conversation[{i}].{key}"), f"conversation[{i}].{key}")
-             for i, pair in enumerate(_objects(obj, "conversation"))
-             for role, key in (("user", "human"), ("assistant", "assistant"))]
+    turns = [
+        (role, _text(pair, key, path=f"conversation[{i}].{key}"), f"conversation[{i}].{key}")
+        for i, pair in enumerate(_objects(obj, "conversation"))
+        for role, key in (("user", "human"), ("assistant", "assistant"))
+    ]
     return [_dialogue(_check_turns(turns, "conversation"))]
 
 
 def _sharegpt_role(turn: dict, i: int) -> str:
     speaker = _text(turn, "from", path=f"conversations[{i}].from")
     if speaker not in SHAREGPT_ROLES:
-        raise InvalidRecord("unknown_role:conversations", f"field 'conversations[{i}].from' is {speaker!r}, "
-                            f"expected one of {', '.join(SHAREGPT_ROLES)}")
+        raise InvalidRecord(
+            "unknown_role:conversations",
+            f"field 'conversations[{i}].from' is {speaker!r}, expected one of {', '.join(SHAREGPT_ROLES)}",
+        )
     return SHAREGPT_ROLES[speaker]
 
 
 def _sharegpt(obj: dict) -> list[dict]:
-    turns = [(_sharegpt_role(t, i), _text(t, "value", path=f"conversations[{i}].value"), f"conversations[{i}]")
-             for i, t in enumerate(_objects(obj, "conversations"))]
+    turns = [
+        (_sharegpt_role(t, i), _text(t, "value", path=f"conversations[{i}].value"), f"conversations[{i}]")
+        for i, t in enumerate(_objects(obj, "conversations"))
+    ]
     return [_dialogue(_check_turns(turns, "conversations"))]
 
 
@@ -286,9 +330,11 @@ def _hh_rlhf(obj: dict) -> list[dict]:
     prompt, other = [t[:2] for t in chosen[:-1]], [t[:2] for t in rejected[:-1]]
     if prompt != other:
         differ = next(i for i, (a, b) in enumerate(zip_longest(prompt, other)) if a != b)
-        raise InvalidRecord("prompt_mismatch:rejected",
-                            f"field 'rejected' does not share the prompt of 'chosen' (they differ at turn "
-                            f"{differ + 1}); expected the two transcripts to differ only in the final Assistant reply")
+        raise InvalidRecord(
+            "prompt_mismatch:rejected",
+            f"field 'rejected' does not share the prompt of 'chosen' (they differ at turn "
+            f"{differ + 1}); expected the two transcripts to differ only in the final Assistant reply",
+        )
     rec = _dialogue(chosen)
     rec["chosen"], rec["rejected"] = chosen[-1][1], rejected[-1][1]
     return [rec]
@@ -297,25 +343,46 @@ def _hh_rlhf(obj: dict) -> list[dict]:
 # Auto-detection tries the formats in this order and takes the first whose fields are all present. The signatures
 # of the real formats are disjoint; where a file carries extra fields, the structured formats come before ``oig``
 # (bare ``text``), so e.g. Hugging Face's Alpaca (instruction, input, output, text) stays Alpaca.
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("alpaca", (("instruction", "output"),),
-           "instruction, input (optional), output — Alpaca, Chinese Alpaca/Luotuo, BELLE, GPT-4-LLM, …", _alpaca),
-    Format("seed_tasks", (("instruction", "instances"),),
-           "Self-Instruct seed tasks: id, name, instruction, instances[{input, output}] — one record per instance",
-           _seed_tasks),
-    Format("firefly", (("conversation",), ("kind", "input", "target")),
-           "Firefly: conversation[{human, assistant}] (multi-turn), or the 1.1M release's kind, input, target",
-           _firefly),
-    Format("sharegpt", (("conversations",),),
-           "ShareGPT/Vicuna: conversations[{from: human|gpt|user|assistant|system|…, value}] (multi-turn)", _sharegpt),
-    Format("oig", (("text",),), "OIG: text with <human>: / <bot>: turns (or a named bot), metadata", _oig),
-    Format("hh_rlhf", (("chosen", "rejected"),),
-           "Anthropic HH-RLHF: chosen, rejected transcripts (\\n\\nHuman: / \\n\\nAssistant:) — preference pairs",
-           _hh_rlhf),
-    Format("dolly", (("instruction", "response"),), "Dolly: instruction, context (→ input), response, category",
-           _dolly),
-    Format("gpt4all", (("prompt", "response"),), "GPT4All: prompt, response", _gpt4all),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format(
+            "alpaca",
+            (("instruction", "output"),),
+            "instruction, input (optional), output — Alpaca, Chinese Alpaca/Luotuo, BELLE, GPT-4-LLM, …",
+            _alpaca,
+        ),
+        Format(
+            "seed_tasks",
+            (("instruction", "instances"),),
+            "Self-Instruct seed tasks: id, name, instruction, instances[{input, output}] — one record per instance",
+            _seed_tasks,
+        ),
+        Format(
+            "firefly",
+            (("conversation",), ("kind", "input", "target")),
+            "Firefly: conversation[{human, assistant}] (multi-turn), or the 1.1M release's kind, input, target",
+            _firefly,
+        ),
+        Format(
+            "sharegpt",
+            (("conversations",),),
+            "ShareGPT/Vicuna: conversations[{from: human|gpt|user|assistant|system|…, value}] (multi-turn)",
+            _sharegpt,
+        ),
+        Format("oig", (("text",),), "OIG: text with <human>: / <bot>: turns (or a named bot), metadata", _oig),
+        Format(
+            "hh_rlhf",
+            (("chosen", "rejected"),),
+            "Anthropic HH-RLHF: chosen, rejected transcripts (\\n\\nHuman: / \\n\\nAssistant:) — preference pairs",
+            _hh_rlhf,
+        ),
+        Format(
+            "dolly", (("instruction", "response"),), "Dolly: instruction, context (→ input), response, category", _dolly
+        ),
+        Format("gpt4all", (("prompt", "response"),), "GPT4All: prompt, response", _gpt4all),
+    )
+}
 DETECTION_ORDER = ("alpaca", "seed_tasks", "firefly", "sharegpt", "hh_rlhf", "dolly", "gpt4all", "oig")
 
 
@@ -344,8 +411,15 @@ def record_language(rec: dict) -> str:
     return lang if lang != "und" else detect_language(" ".join((rec["instruction"], rec["input"], rec["output"])))
 
 
-def load_file(path: str | Path, *, source: str, fmt: str = "auto", language: str | None = None,
-              on_invalid: str = "error", max_records: int | None = None) -> tuple[datasets.Dataset, LoadReport]:
+def load_file(
+    path: str | Path,
+    *,
+    source: str,
+    fmt: str = "auto",
+    language: str | None = None,
+    on_invalid: str = "error",
+    max_records: int | None = None,
+) -> tuple[datasets.Dataset, LoadReport]:
     """Read one file into unified records (an Arrow-backed ``datasets.Dataset``) and its ``LoadReport``."""
     path = Path(path)
     if on_invalid not in ("error", "skip"):
@@ -374,13 +448,15 @@ def load_file(path: str | Path, *, source: str, fmt: str = "auto", language: str
         except InvalidRecord as bad:
             where = f"{path}:{line}: {bad.detail}"
             if on_invalid == "error":
-                raise DataError(f"{where} ({chosen.name if chosen else 'unknown'} format; "
-                                "set data.on_invalid: skip to count and skip such records)") from None
+                raise DataError(
+                    f"{where} ({chosen.name if chosen else 'unknown'} format; "
+                    "set data.on_invalid: skip to count and skip such records)"
+                ) from None
             report.skipped[bad.reason] += 1
             if len(report.examples) < MAX_EXAMPLES:
                 report.examples.append(where)
             continue
-        for rec in recs[:None if max_records is None else max_records - report.kept]:
+        for rec in recs[: None if max_records is None else max_records - report.kept]:
             rec.update(id=f"{source}-{report.kept:06d}", source=source, language=language or record_language(rec))
             for c in COLUMNS:
                 cols[c].append(rec[c])
@@ -391,8 +467,14 @@ def load_file(path: str | Path, *, source: str, fmt: str = "auto", language: str
 
 
 def load_source(src: SourceParams, on_invalid: str = "error") -> tuple[datasets.Dataset, LoadReport]:
-    return load_file(src.path, source=src.name, fmt=src.format, language=src.language,
-                     on_invalid=on_invalid, max_records=src.max_records)
+    return load_file(
+        src.path,
+        source=src.name,
+        fmt=src.format,
+        language=src.language,
+        on_invalid=on_invalid,
+        max_records=src.max_records,
+    )
 
 
 def load_sources(params) -> tuple[datasets.Dataset, list[LoadReport]]:
@@ -410,8 +492,16 @@ def inspect_file(path: str | Path, fmt: str = "auto", on_invalid: str = "skip") 
     reason with the first ``file:line`` examples, and the language mix of the records kept."""
     path = Path(path)
     ds, rep = load_file(path, source=path.name, fmt=fmt, on_invalid=on_invalid)
-    return {"path": str(path), "format": rep.format, "layout": rep.layout, "read": rep.read, "records": rep.kept,
-            "invalid": dict(rep.skipped.most_common()), "invalid_total": sum(rep.skipped.values()),
-            "examples": list(rep.examples), "languages": dict(Counter(ds["language"]).most_common()),
-            "multi_turn": sum(1 for turns in ds["conversation"] if turns),
-            "preference_pairs": sum(1 for reply in ds["chosen"] if reply)}
+    return {
+        "path": str(path),
+        "format": rep.format,
+        "layout": rep.layout,
+        "read": rep.read,
+        "records": rep.kept,
+        "invalid": dict(rep.skipped.most_common()),
+        "invalid_total": sum(rep.skipped.values()),
+        "examples": list(rep.examples),
+        "languages": dict(Counter(ds["language"]).most_common()),
+        "multi_turn": sum(1 for turns in ds["conversation"] if turns),
+        "preference_pairs": sum(1 for reply in ds["chosen"] if reply),
+    }

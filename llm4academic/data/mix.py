@@ -56,8 +56,10 @@ def plan(available: dict[str, int], sources, total: int | None) -> dict[str, int
     for i, s in enumerate(sources):
         if want[s.name] > available[s.name] and not s.replace:
             key = f"data.sources[{i}].count" if s.count is not None else "data.mix.total"
-            raise KitError(f"{key}: source {s.name!r} holds {available[s.name]} records after cleaning but "
-                           f"{want[s.name]} are asked for; lower it or set data.sources[{i}].replace: true")
+            raise KitError(
+                f"{key}: source {s.name!r} holds {available[s.name]} records after cleaning but "
+                f"{want[s.name]} are asked for; lower it or set data.sources[{i}].replace: true"
+            )
         if want[s.name] and not available[s.name]:
             raise KitError(f"data.sources[{i}]: source {s.name!r} has no records left after cleaning")
     return want
@@ -83,8 +85,9 @@ def _draw(n: int, k: int, replace: bool, rng: np.random.Generator) -> list[int]:
     return sorted(int(i) for i in idx)
 
 
-def mix(pool: datasets.Dataset, sources, total: int | None, seed: int,
-        shuffle: bool = True) -> tuple[datasets.Dataset, list[SourceDraw]]:
+def mix(
+    pool: datasets.Dataset, sources, total: int | None, seed: int, shuffle: bool = True
+) -> tuple[datasets.Dataset, list[SourceDraw]]:
     """Draw the training mix from a cleaned pool of records (with a ``source`` column)."""
     by_source: dict[str, list[int]] = {s.name: [] for s in sources}
     for i, src in enumerate(column(pool, "source")):
@@ -97,8 +100,7 @@ def mix(pool: datasets.Dataset, sources, total: int | None, seed: int,
         local = _draw(len(rows), want[s.name], s.replace, _rng(seed, s.name))
         picked.extend(rows[j] for j in local)
         mode = "count" if s.count is not None else "weight" if s.weight is not None else "all"
-        draws.append(SourceDraw(s.name, mode, len(rows), len(local), s.weight, s.replace,
-                                len(local) - len(set(local))))
+        draws.append(SourceDraw(s.name, mode, len(rows), len(local), s.weight, s.replace, len(local) - len(set(local))))
     if shuffle:
         picked = [picked[int(i)] for i in _rng(seed, "\x00mix").permutation(len(picked))]
     out = pool.select(picked)
@@ -131,7 +133,12 @@ def save_mix(ds: datasets.Dataset, run_dir: str | Path | RunDir, draws: list[Sou
     lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in ds)
     body = lines.encode("utf-8")
     atomic_write(rd.mix, body)
-    summary = {"records": len(ds), "seed": seed, "sha256": hashlib.sha256(body).hexdigest(),
-               "file": rd.mix.name, "sources": [asdict(d) for d in draws]}
+    summary = {
+        "records": len(ds),
+        "seed": seed,
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "file": rd.mix.name,
+        "sources": [asdict(d) for d in draws],
+    }
     atomic_write(rd.mix_summary, json.dumps(summary, indent=2, ensure_ascii=False))
     return summary

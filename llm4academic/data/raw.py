@@ -40,8 +40,9 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); "
-                        "expected UTF-8 text") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start}); expected UTF-8 text"
+        ) from None
 
 
 def iter_raw(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
@@ -52,7 +53,7 @@ def iter_raw(path: Path) -> tuple[str, Iterator[tuple[int, Any]]]:
     """
     text = _read_text(path)
     start = len(text) - len(text.lstrip())
-    if text[start:start + 1] == "[":
+    if text[start : start + 1] == "[":
         return "json-array", _iter_array(path, text, start + 1)
     return "jsonl", _iter_lines(text)
 
@@ -90,8 +91,9 @@ def _iter_array(path: Path, text: str, pos: int) -> Iterator[tuple[int, Any]]:
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{line_at(e.pos)}: malformed JSON array element ({e.msg}); "
-                            "expected a JSON object") from None
+            raise DataError(
+                f"{path}:{line_at(e.pos)}: malformed JSON array element ({e.msg}); expected a JSON object"
+            ) from None
         yield line_at(pos), obj
         pos = skip_ws(end)
         if pos < n and text[pos] == ",":

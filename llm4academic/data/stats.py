@@ -95,8 +95,17 @@ def token_lengths(df: pd.DataFrame, tokenizers: Mapping[str, object]) -> pd.Data
     for model, tok in tokenizers.items():
         for fld in TEXT_FIELDS:
             ids = tok(df[fld].tolist(), add_special_tokens=False, verbose=False)["input_ids"]
-            frames.append(pd.DataFrame({"model": model, "id": df["id"].values, "source": df["source"].values,
-                                        "field": fld, "tokens": [len(x) for x in ids]}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "model": model,
+                        "id": df["id"].values,
+                        "source": df["source"].values,
+                        "field": fld,
+                        "tokens": [len(x) for x in ids],
+                    }
+                )
+            )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -128,7 +137,8 @@ def explore_summary(df: pd.DataFrame, chars: pd.DataFrame, tokens: pd.DataFrame 
     }
     if tokens is not None and len(tokens):
         summary["token_lengths"] = length_summary(tokens, "tokens", ["model", "source", "field"]).to_dict(
-            orient="records")
+            orient="records"
+        )
     return summary
 
 
@@ -137,19 +147,31 @@ def load_table(reports) -> pd.DataFrame:
     rows = []
     for r in reports:
         d = r.to_dict()
-        rows.append({"source": d["source"], "file": Path(d["path"]).name, "format": d["format"],
-                     "layout": d["layout"], "read": d["read"], "kept": d["kept"], "skipped": d["skipped_total"],
-                     "skip reasons": "; ".join(f"{k}: {v}" for k, v in sorted(d["skipped"].items())),
-                     "first skipped": d["examples"][0] if d["examples"] else ""})
+        rows.append(
+            {
+                "source": d["source"],
+                "file": Path(d["path"]).name,
+                "format": d["format"],
+                "layout": d["layout"],
+                "read": d["read"],
+                "kept": d["kept"],
+                "skipped": d["skipped_total"],
+                "skip reasons": "; ".join(f"{k}: {v}" for k, v in sorted(d["skipped"].items())),
+                "first skipped": d["examples"][0] if d["examples"] else "",
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def write_explore_artifacts(run_dir: str | Path | RunDir, summary: dict, chars: pd.DataFrame,
-                            tokens: pd.DataFrame | None) -> list[Path]:
+def write_explore_artifacts(
+    run_dir: str | Path | RunDir, summary: dict, chars: pd.DataFrame, tokens: pd.DataFrame | None
+) -> list[Path]:
     """The explore summary plus the length summaries as CSV, each written atomically. Returns the paths."""
     rd = RunDir(run_dir)
-    files = {rd.explore_summary: json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default),
-             rd.char_lengths: length_summary(chars, "chars", ["source", "field"]).to_csv(index=False)}
+    files = {
+        rd.explore_summary: json.dumps(summary, indent=2, ensure_ascii=False, default=_json_default),
+        rd.char_lengths: length_summary(chars, "chars", ["source", "field"]).to_csv(index=False),
+    }
     if tokens is not None and len(tokens):
         files[rd.token_lengths] = length_summary(tokens, "tokens", ["model", "source", "field"]).to_csv(index=False)
     for path, text in files.items():
@@ -163,9 +185,11 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-_SKIP_WORDS = frozenset("""a an the this that these those following given some any each every your my our their its me
+_SKIP_WORDS = frozenset(
+    """a an the this that these those following given some any each every your my our their its me
 us you it them him her one two three four five several all short brief new few simple creative detailed unique
-good""".split())
+good""".split()
+)
 
 
 def leading_verbs(df: pd.DataFrame, top: int = 20, objects: int = 4) -> pd.DataFrame:
@@ -190,16 +214,18 @@ def leading_verbs(df: pd.DataFrame, top: int = 20, objects: int = 4) -> pd.DataF
     out = pf[pf["verb"].isin(verbs)].value_counts().rename("records").reset_index()
     out = out.groupby("verb", sort=False).head(objects)
     order = {v: i for i, v in enumerate(verbs)}
-    return out.sort_values(["verb", "records"], key=lambda c: c.map(order) if c.name == "verb" else -c,
-                           ignore_index=True)
+    return out.sort_values(
+        ["verb", "records"], key=lambda c: c.map(order) if c.name == "verb" else -c, ignore_index=True
+    )
 
 
 def turns_per_conversation(ds) -> pd.DataFrame:
     """Turns per record (single-turn records count as 2: instruction and output), per source."""
     cols = ds.select_columns(["source", "conversation"]).to_dict()
     turns = [len(c) if c else 2 for c in cols["conversation"]]
-    return pd.DataFrame({"source": cols["source"], "turns": turns, "multi_turn": [bool(c) for c in
-                                                                                  cols["conversation"]]})
+    return pd.DataFrame(
+        {"source": cols["source"], "turns": turns, "multi_turn": [bool(c) for c in cols["conversation"]]}
+    )
 
 
 def clean_table(reports) -> pd.DataFrame:
@@ -207,9 +233,16 @@ def clean_table(reports) -> pd.DataFrame:
     rows = []
     for r in reports:
         d = r.to_dict()
-        rows.append({"step": d["step"], "before": d["before"], "removed": d["removed"], "after": d["after"],
-                     "removed by source": ", ".join(f"{k}: {v}" for k, v in d["by_source"].items()),
-                     "details": ", ".join(f"{k}={v}" for k, v in d["detail"].items())})
+        rows.append(
+            {
+                "step": d["step"],
+                "before": d["before"],
+                "removed": d["removed"],
+                "after": d["after"],
+                "removed by source": ", ".join(f"{k}: {v}" for k, v in d["by_source"].items()),
+                "details": ", ".join(f"{k}={v}" for k, v in d["detail"].items()),
+            }
+        )
     return pd.DataFrame(rows, columns=["step", "before", "removed", "after", "removed by source", "details"])
 
 

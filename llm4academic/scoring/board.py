@@ -14,18 +14,27 @@ from .stats import OVERALL, aggregate
 
 
 @lru_cache(maxsize=8)
-def _reference_scores(splits: tuple[str, ...], scorers: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame,
-                                                                                   dict[str, int]]:
+def _reference_scores(
+    splits: tuple[str, ...], scorers: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
     """The reference-model scores (cached per process), the (split, scorer) pairs that apply, items per split."""
     zbench = load_zbench(list(splits))
     scores = score_answers(answers_long(zbench), zbench, scorers, fallback_model=None)
-    applicable = pd.DataFrame([(row.split, name) for row in zbench.itertuples(index=False)
-                               for name in scorers_for(row.reference, scorers)], columns=["split", "scorer"])
+    applicable = pd.DataFrame(
+        [(row.split, name) for row in zbench.itertuples(index=False) for name in scorers_for(row.reference, scorers)],
+        columns=["split", "scorer"],
+    )
     return scores, applicable.assign(items=1), zbench.groupby("split").size().to_dict()
 
 
-def leaderboard(splits: str | Iterable[str] | None = None, *, scorers: Iterable[str] = REFERENCE_SCORERS,
-                n_boot: int = 1000, ci: float = 0.95, seed: int = 0) -> pd.DataFrame:
+def leaderboard(
+    splits: str | Iterable[str] | None = None,
+    *,
+    scorers: Iterable[str] = REFERENCE_SCORERS,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
     """The 14 reference models' shipped Z-Bench answers scored with the reference scorers (not the judge), per
     split and overall: ``model, split, scorer, n, coverage, score, ci_low, ci_high`` — ``n`` answers judged,
     ``coverage`` the share of the split's items that scorer can judge, ``score`` the mean with a seeded bootstrap CI.
@@ -38,16 +47,36 @@ def leaderboard(splits: str | Iterable[str] | None = None, *, scorers: Iterable[
     covered = applicable.groupby(["split", "scorer"])["items"].sum()
     covered = pd.concat([covered, applicable.groupby("scorer")["items"].sum().rename(lambda s: (OVERALL, s))])
     totals = {**sizes, OVERALL: sum(sizes.values())}
-    table.insert(4, "coverage", [covered.get((sp, sc), 0) / totals[sp] for sp, sc in zip(table["split"],
-                                                                                            table["scorer"])])
+    table.insert(
+        4,
+        "coverage",
+        [covered.get((sp, sc), 0) / totals[sp] for sp, sc in zip(table["split"], table["scorer"], strict=False)],
+    )
     order = {s: i for i, s in enumerate([*names, OVERALL])}
     scorer_order = {s: i for i, s in enumerate(chosen)}
-    table = table.sort_values(["split", "scorer", "score", "model"], key=lambda c: c.map(order) if c.name == "split"
-                              else c.map(scorer_order) if c.name == "scorer" else -c if c.name == "score" else c,
-                              kind="stable").reset_index(drop=True)
-    table.attrs["leaderboard"] = {"zbench": dict(PROVENANCE), "splits": list(names), "scorers": list(chosen),
-                                  "answers": "the 14 reference models' answers shipped with Z-Bench",
-                                  "against": "reference", "n_boot": n_boot, "ci": ci, "seed": seed}
+    table = table.sort_values(
+        ["split", "scorer", "score", "model"],
+        key=lambda c: (
+            c.map(order)
+            if c.name == "split"
+            else c.map(scorer_order)
+            if c.name == "scorer"
+            else -c
+            if c.name == "score"
+            else c
+        ),
+        kind="stable",
+    ).reset_index(drop=True)
+    table.attrs["leaderboard"] = {
+        "zbench": dict(PROVENANCE),
+        "splits": list(names),
+        "scorers": list(chosen),
+        "answers": "the 14 reference models' answers shipped with Z-Bench",
+        "against": "reference",
+        "n_boot": n_boot,
+        "ci": ci,
+        "seed": seed,
+    }
     return table
 
 
@@ -58,6 +87,16 @@ def leaderboard_json(splits: str | Iterable[str] | None = None, **kwargs) -> lis
     """``leaderboard`` as JSON-ready records ``{model, split, scorer, n, score, ci_low, ci_high, coverage}``
     (floats to 4 decimals), for ``llm4academic zbench leaderboard --json``."""
     table = leaderboard(splits, **kwargs)
-    return [{k: (round(float(r[k]), 4) if k in ("score", "ci_low", "ci_high", "coverage")
-                 else int(r[k]) if k == "n" else str(r[k])) for k in LEADERBOARD_KEYS}
-            for r in table.to_dict("records")]
+    return [
+        {
+            k: (
+                round(float(r[k]), 4)
+                if k in ("score", "ci_low", "ci_high", "coverage")
+                else int(r[k])
+                if k == "n"
+                else str(r[k])
+            )
+            for k in LEADERBOARD_KEYS
+        }
+        for r in table.to_dict("records")
+    ]

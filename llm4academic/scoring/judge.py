@@ -39,15 +39,25 @@ class Judge:
     longer than the model's context keep their end (the lead and the answers' tails). The model is loaded with
     ``models.load_causal_lm``."""
 
-    def __init__(self, model, tokenizer=None, *, language: str = "zh", device: str | None = None,
-                 dtype: str = "auto", max_chars: int = 2000, chat_template: bool | None = None,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model,
+        tokenizer=None,
+        *,
+        language: str = "zh",
+        device: str | None = None,
+        dtype: str = "auto",
+        max_chars: int = 2000,
+        chat_template: bool | None = None,
+        trust_remote_code: bool = False,
+    ):
         self.language = rubric_language(language)
         self.max_chars = max_chars
         if isinstance(model, str | os.PathLike):
             self.name = str(model)
-            model, tokenizer = load_causal_lm(str(model), dtype=dtype, trust_remote_code=trust_remote_code,
-                                              tokenizer=tokenizer)
+            model, tokenizer = load_causal_lm(
+                str(model), dtype=dtype, trust_remote_code=trust_remote_code, tokenizer=tokenizer
+            )
         else:
             self.name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
         if tokenizer is None:
@@ -71,8 +81,9 @@ class Judge:
         """The text the judge reads: the rubric (in the chat template when used) followed by the lead."""
         if not self.chat_template:
             return instruction + lead
-        chat = self.tokenizer.apply_chat_template([{"role": "user", "content": instruction}], tokenize=False,
-                                                  add_generation_prompt=True)
+        chat = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+        )
         return chat + lead
 
     def choice_probs(self, text: str, choices: Sequence[str]) -> np.ndarray:
@@ -81,12 +92,15 @@ class Judge:
         sequences = []
         for choice in choices:
             full = self._encode(text + choice, special=not self.chat_template)
-            ids = full[len(base):] if full[: len(base)] == base and len(full) > len(base) else \
-                self._encode(choice, special=False)
+            ids = (
+                full[len(base) :]
+                if full[: len(base)] == base and len(full) > len(base)
+                else self._encode(choice, special=False)
+            )
             sequences.append(tuple(ids))
         keep = self.max_length - max(map(len, sequences)) - 1
         if len(base) > keep:  # keep the start token and the end of the prompt
-            base = base[:1] + base[len(base) - keep + 1:]
+            base = base[:1] + base[len(base) - keep + 1 :]
 
         @torch.no_grad()
         def next_probs(prefix: tuple[int, ...]) -> np.ndarray:
@@ -98,16 +112,18 @@ class Judge:
 
     def grade(self, question: str, answer: str, reference: str = "") -> Grade:
         """Grade one answer 1–10 (with the reference in the rubric when given)."""
-        instruction, lead = grading_prompt(question, answer, reference, language=self.language,
-                                           max_chars=self.max_chars)
+        instruction, lead = grading_prompt(
+            question, answer, reference, language=self.language, max_chars=self.max_chars
+        )
         probs = self.choice_probs(self.render(instruction, lead), SCORE_STRINGS)
         expected = float(np.dot(probs, np.arange(1, len(SCORE_STRINGS) + 1)))
         return Grade(expected, int(np.argmax(probs)) + 1, tuple(float(p) for p in probs))
 
     def prefer(self, question: str, answer_a: str, answer_b: str) -> tuple[str, float]:
         """One order: the label the judge prefers (``A``/``B``) and its probability for A."""
-        instruction, lead = pairwise_prompt(question, answer_a, answer_b, language=self.language,
-                                            max_chars=self.max_chars)
+        instruction, lead = pairwise_prompt(
+            question, answer_a, answer_b, language=self.language, max_chars=self.max_chars
+        )
         p_a = float(self.choice_probs(self.render(instruction, lead), ("A", "B"))[0])
         return ("A" if p_a >= 0.5 else "B"), p_a
 
@@ -118,28 +134,59 @@ class Judge:
         return combine_orders(first, second, p_a1, 1 - p_a2)
 
 
-def judge_scores(answers: pd.DataFrame, judge: Judge, zbench: pd.DataFrame | None = None, *,
-                 use_reference: bool = True, progress: bool | None = None) -> pd.DataFrame:
+def judge_scores(
+    answers: pd.DataFrame,
+    judge: Judge,
+    zbench: pd.DataFrame | None = None,
+    *,
+    use_reference: bool = True,
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """Grade every stored answer with the judge: ``score_answers``' columns (``scorer`` = ``judge``, ``score`` =
     (expected grade − 1) / 9, ``against`` = ``reference`` when the rubric showed the item's reference, else
     ``rubric``) plus ``judge_expected`` (1–10) and ``judge_greedy``."""
     items = answer_items(answers, zbench)
     rows = []
-    for rec in tqdm(answers.itertuples(index=False), total=len(answers), desc=f"judge {judge.name}",
-                    disable=None if progress is None else not progress, leave=False):
+    for rec in tqdm(
+        answers.itertuples(index=False),
+        total=len(answers),
+        desc=f"judge {judge.name}",
+        disable=None if progress is None else not progress,
+        leave=False,
+    ):
         item = items.loc[rec.item_id]
         reference = cell_text(item["reference"]) if use_reference else ""
         grade = judge.grade(cell_text(item["prompt"]), cell_text(rec.answer), reference)
-        rows.append((rec.item_id, rec.split, rec.model, "judge", grade.score,
-                     "reference" if reference.strip() else "rubric", grade.expected, grade.greedy))
+        rows.append(
+            (
+                rec.item_id,
+                rec.split,
+                rec.model,
+                "judge",
+                grade.score,
+                "reference" if reference.strip() else "rubric",
+                grade.expected,
+                grade.greedy,
+            )
+        )
     out = pd.DataFrame(rows, columns=[*SCORE_COLUMNS, "judge_expected", "judge_greedy"])
-    out.attrs["scoring"] = {"scorers": ["judge"], "judge": judge.name, "language": judge.language,
-                            "zbench": dict(PROVENANCE)}
+    out.attrs["scoring"] = {
+        "scorers": ["judge"],
+        "judge": judge.name,
+        "language": judge.language,
+        "zbench": dict(PROVENANCE),
+    }
     return out
 
 
-def pairwise_scores(answers: pd.DataFrame, judge: Judge, baseline: str = FALLBACK_MODEL,
-                    zbench: pd.DataFrame | None = None, *, progress: bool | None = None) -> pd.DataFrame:
+def pairwise_scores(
+    answers: pd.DataFrame,
+    judge: Judge,
+    baseline: str = FALLBACK_MODEL,
+    zbench: pd.DataFrame | None = None,
+    *,
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """Judge every stored answer against the baseline model's answer to the same item, in both orders.
 
     The baseline's answers come from ``answers`` (rows with ``model == baseline``) or else from the Z-Bench column of
@@ -149,20 +196,44 @@ def pairwise_scores(answers: pd.DataFrame, judge: Judge, baseline: str = FALLBAC
     items = answer_items(answers, zbench)
     own = answers[answers["model"] == baseline].set_index("item_id")["answer"]
     if own.empty and baseline not in items.columns:
-        raise ScoringError(f"no answers of the baseline {baseline!r}: neither rows of that model in the answers "
-                           "nor a Z-Bench column of that name")
+        raise ScoringError(
+            f"no answers of the baseline {baseline!r}: neither rows of that model in the answers "
+            "nor a Z-Bench column of that name"
+        )
     base = own if not own.empty else items[baseline]
     todo = answers[(answers["model"] != baseline) & answers["item_id"].isin(base.index)]
     rows = []
-    for rec in tqdm(todo.itertuples(index=False), total=len(todo), desc=f"pairwise vs {baseline}",
-                    disable=None if progress is None else not progress, leave=False):
+    for rec in tqdm(
+        todo.itertuples(index=False),
+        total=len(todo),
+        desc=f"pairwise vs {baseline}",
+        disable=None if progress is None else not progress,
+        leave=False,
+    ):
         answer, reference = cell_text(rec.answer), cell_text(base[rec.item_id])
         if not answer.strip() or not reference.strip():
             continue
         v = judge.compare(cell_text(items.loc[rec.item_id, "prompt"]), answer, reference)
-        rows.append((rec.item_id, rec.split, rec.model, "pairwise", v.score, baseline, v.outcome, v.first, v.second,
-                     v.consistent))
+        rows.append(
+            (
+                rec.item_id,
+                rec.split,
+                rec.model,
+                "pairwise",
+                v.score,
+                baseline,
+                v.outcome,
+                v.first,
+                v.second,
+                v.consistent,
+            )
+        )
     out = pd.DataFrame(rows, columns=[*SCORE_COLUMNS, "verdict", "first", "second", "consistent"])
-    out.attrs["scoring"] = {"scorers": ["pairwise"], "judge": judge.name, "baseline": baseline,
-                            "language": judge.language, "zbench": dict(PROVENANCE)}
+    out.attrs["scoring"] = {
+        "scorers": ["pairwise"],
+        "judge": judge.name,
+        "baseline": baseline,
+        "language": judge.language,
+        "zbench": dict(PROVENANCE),
+    }
     return out

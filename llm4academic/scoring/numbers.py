@@ -41,10 +41,18 @@ _UNIT = r"(?:[A-Za-zΩμ°%\u3400-\u9fff]|/)(?:[A-Za-zΩμ°/·\u3400-\u9fff]|\^
 _REFERENCE_NUMBER = re.compile(rf"\s*({_EXPR})\s*(?:{_UNIT})?\s*")
 _DATE = re.compile(r"\s*\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}\s*")
 _ALTERNATIVES = re.compile(r"\s*(?:或者?|\bor\b|;|；)\s*")
-_ANSWER_CUE = re.compile(r"(?:答案|结果|答|得数|the answer|answer|result)\s*(?:应该|应|就|也|约|大约)?\s*"
-                         r"(?:是|为|等于|=|:|is|was|≈)", re.I)
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-           ast.Pow: operator.pow}
+_ANSWER_CUE = re.compile(
+    r"(?:答案|结果|答|得数|the answer|answer|result)\s*(?:应该|应|就|也|约|大约)?\s*"
+    r"(?:是|为|等于|=|:|is|was|≈)",
+    re.I,
+)
+_BINOPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
 
 
 def _number_text(text: str) -> str:
@@ -87,7 +95,7 @@ def _read(expr: str) -> Number | None:
         decimals = len(digits.split(".")[1]) if "." in digits and "e" not in digits.lower() else 0
         significant = len(digits.replace(".", "").lstrip("0"))
         value = float(digits) * (-1 if plain.group(1) else 1) / (100 if plain.group(3) else 1)
-        half = 0.5 * 10 ** -decimals / (100 if plain.group(3) else 1) if decimals and significant >= 2 else 0.0
+        half = 0.5 * 10**-decimals / (100 if plain.group(3) else 1) if decimals and significant >= 2 else 0.0
         return Number(value, text, half, bool(plain.group(3)))
     py = text.replace(",", "").replace("×", "*").replace("÷", "/").replace("^", "**")
     py = re.sub(r"(\d)\s*(π|pi)", r"\1*\2", py).replace("π", "pi")
@@ -103,13 +111,15 @@ def _read(expr: str) -> Number | None:
 _CN_DIGITS = {c: i for i, c in enumerate("零一二三四五六七八九")} | {"〇": 0, "两": 2}
 _CN_UNITS = {"十": 10, "百": 100, "千": 1000}
 _CN_BIG = {"万": 10**4, "亿": 10**8}
-_CLASSIFIERS = ("个|条|只|种|次|人|位|名|页|米|天|年|岁|本|件|块|元|匹|头|张|颗|座|辆|台|份|道|组|队|支|号|层|秒|分钟|"
-                "小时|公里|千克|公斤|克|倍|度|排|行|列|节|章|处|朵|杯|袋|打|句|遍|步|届|项|类|部|间|所|家|棵|"
-                "根|把|双|对|套|批|群|片|粒|瓶|盒|箱|包|碗|盘|顿|场|回|段|篇|首|幅|门|架|艘|枚|封|笔|票|股|代|美元|英里|磅")
+_CLASSIFIERS = (
+    "个|条|只|种|次|人|位|名|页|米|天|年|岁|本|件|块|元|匹|头|张|颗|座|辆|台|份|道|组|队|支|号|层|秒|分钟|"
+    "小时|公里|千克|公斤|克|倍|度|排|行|列|节|章|处|朵|杯|袋|打|句|遍|步|届|项|类|部|间|所|家|棵|"
+    "根|把|双|对|套|批|群|片|粒|瓶|盒|箱|包|碗|盘|顿|场|回|段|篇|首|幅|门|架|艘|枚|封|笔|票|股|代|美元|英里|磅"
+)
 # A Chinese numeral counts when a classifier or the end of a clause follows (四条腿 · 三个人 · 答案是三。) and it is
 # neither an ordinal (第二) nor part of a word (之一 · 唯一 · 星期一 · 百日咳); a lone 一 before a classifier is the
 # article "a" (一个非常接近的值), not the number one.
-_CN_NUMERAL = r"[零〇一二两三四五六七八九十百千万亿]+(?=(?:{})|[。，,.！!？?；;、:：\s)）]|$)".format(_CLASSIFIERS)
+_CN_NUMERAL = rf"[零〇一二两三四五六七八九十百千万亿]+(?=(?:{_CLASSIFIERS})|[。，,.！!？?；;、:：\s)）]|$)"
 _CN_NUMBER = re.compile(rf"(?<![第之统唯万专单某同逐期拜周])(?!一(?:{_CLASSIFIERS}))(?![百千万亿]){_CN_NUMERAL}")
 _CN_ORDINAL = re.compile(rf"(?<=第)(?![百千万亿]){_CN_NUMERAL}")
 
@@ -136,13 +146,14 @@ def _scan(text: str, start: int = 0, end: int | None = None, ordinals: bool = Fa
     found = []
     for m in _NUMBER.finditer(text, start, end):
         expr = m.group()
-        if expr.startswith("-") and re.search(r"[A-Za-z0-9)\]]\s*$", text[:m.start()]):  # x - 2: minus, not a sign
+        if expr.startswith("-") and re.search(r"[A-Za-z0-9)\]]\s*$", text[: m.start()]):  # x - 2: minus, not a sign
             expr = expr[1:]
         if number := _read(expr):
             found.append((m.start(), number))
     for pattern in (_CN_NUMBER, _CN_ORDINAL) if ordinals else (_CN_NUMBER,):
-        found += [(m.start(), Number(float(_chinese_int(m.group())), m.group()))
-                  for m in pattern.finditer(text, start, end)]
+        found += [
+            (m.start(), Number(float(_chinese_int(m.group())), m.group())) for m in pattern.finditer(text, start, end)
+        ]
     return [n for _, n in sorted(found, key=lambda t: t[0])]
 
 
@@ -186,6 +197,7 @@ def numbers_match(answer: Number, reference: Number, rel_tol: float = 1e-6) -> b
     """Equal up to ``rel_tol``, or up to the rounding of whichever side is written with decimals (``0.29`` for
     2/7, ``1.64493`` for π²/6, ``7.2207`` for ``7.22``); integers and single-digit decimals compare exactly. A
     percentage on one side only also matches its bare number on the other (``60%`` answers a reference ``60``)."""
+
     def close(a: float, r: float, a_half: float, r_half: float) -> bool:
         return abs(a - r) <= max(rel_tol * max(abs(a), abs(r)), a_half, r_half) + 1e-12
 
@@ -193,7 +205,10 @@ def numbers_match(answer: Number, reference: Number, rel_tol: float = 1e-6) -> b
         return True
     if answer.percent != reference.percent:
         a, a_half = (answer.value * 100, answer.half_ulp * 100) if answer.percent else (answer.value, answer.half_ulp)
-        r, r_half = ((reference.value * 100, reference.half_ulp * 100) if reference.percent
-                     else (reference.value, reference.half_ulp))
+        r, r_half = (
+            (reference.value * 100, reference.half_ulp * 100)
+            if reference.percent
+            else (reference.value, reference.half_ulp)
+        )
         return close(a, r, a_half, r_half)
     return False

@@ -25,18 +25,26 @@ _CUE = re.compile(
     r"(?<!请)(?<!不)(?:(?:正确|最终|最后)?答案(?:应该|应|就|也)?(?:是|为|选择?|:)|(?:正确|最终|最后)?答案\s*:"
     r"|(?:应该|应|故|所以|因此|则|我)?选(?:择)?(?![项题])|(?:故|所以|因此)?选项(?:应)?(?:为|是)"
     r"|正确的?(?:选项|答案|回答|说法|陈述|判断|是)(?:是|为|:)?|(?:the\s+)?(?:correct\s+|final\s+)?answer\s*(?:is|:)"
-    r"|\b(?:choose|select|pick)\b)", re.I)
+    r"|\b(?:choose|select|pick)\b)",
+    re.I,
+)
 _CUE_LETTERS = re.compile(
     rf"\s*:?\s*(?:选项|option|答案)?\s*(?:"
     rf"\(([{_L}a-h])\)|((?-i:[{_L}]{{1,5}}))(?![A-Za-z])|([a-h])(?=\s*(?:$|[).。,，:;!?]))"  # (b) · B · BD · d.
-    rf")((?:\s*(?:[,、和与及/&]|and)\s*\(?(?-i:[{_L}])\)?(?![A-Za-z]))*)", re.I)
+    rf")((?:\s*(?:[,、和与及/&]|and)\s*\(?(?-i:[{_L}])\)?(?![A-Za-z]))*)",
+    re.I,
+)
 # A letter followed by its verdict: 选项B是正确的 · (C) 是正确答案 · D 项正确
-_VERDICT = re.compile(rf"(?:选项\s*)?(?:\(([{_L}])\)|(?<![A-Za-z])([{_L}]))\s*(?:选?项)?\s*(?:是|为)?\s*(?:正确|对)的?(?:答案|选项)?"
-                      rf"(?![A-Za-z])")
+_VERDICT = re.compile(
+    rf"(?:选项\s*)?(?:\(([{_L}])\)|(?<![A-Za-z])([{_L}]))\s*(?:选?项)?\s*(?:是|为)?\s*(?:正确|对)的?(?:答案|选项)?"
+    rf"(?![A-Za-z])"
+)
 # Letters marked as options anywhere: (B) · 选项B · B项 · B选项 · line-leading "B." / "B、" / "B:" / "B)"
 _MARK = re.compile(
     rf"\(([{_L}a-h])\)|选项\s*\(?([{_L}a-h])\)?(?![A-Za-z])|(?<![A-Za-z])([{_L}])\s*(?:选项|项)"
-    rf"|(?:^|\n)\s*([{_L}])\s*(?:[.)、:]|\s)|(?:^|(?<=[\n，。:;；]))([{_L}])\)", re.M)
+    rf"|(?:^|\n)\s*([{_L}])\s*(?:[.)、:]|\s)|(?:^|(?<=[\n，。:;；]))([{_L}])\)",
+    re.M,
+)
 _LEAD = re.compile(rf"\s*(?:\(([{_L}a-h])\)|([{_L}])(?:\s*[.)、:。]|\s|$))")
 _NEG = re.compile(r"错误|不正确|不对|排除|不成立|无关|incorrect|wrong", re.I)
 _NEGATIVE_QUESTION = re.compile(r"不正确|错误|不是|除了|除外|不包括|不显示|不可能|最不|不能|\bnot\b|\bexcept\b", re.I)
@@ -54,8 +62,8 @@ def parse_options(prompt: str) -> dict[str, str]:
     text = unicodedata.normalize("NFKC", str(prompt))
     marks = list(re.finditer(rf"\(([{_L}])\)", text))
     options = {}
-    for m, nxt in zip(marks, [*marks[1:], None]):
-        body = text[m.end(): nxt.start() if nxt else len(text)].split("\n")[0]
+    for m, nxt in zip(marks, [*marks[1:], None], strict=False):
+        body = text[m.end() : nxt.start() if nxt else len(text)].split("\n")[0]
         options.setdefault(m.group(1), body.strip(" 。.;；,，"))
     return options
 
@@ -89,13 +97,13 @@ def _copied_in_order(text: str, options: dict[str, str]) -> int:
     for letter, body in sorted(options.items()):
         head = normalize_text(body)[:6]
         for m in re.finditer(rf"{letter}\s*[).、:]?", text):
-            if head and normalize_text(text[m.end(): m.end() + 3 * len(head) + 6]).startswith(head):
+            if head and normalize_text(text[m.end() : m.end() + 3 * len(head) + 6]).startswith(head):
                 positions.append(m.start())
                 break
     longest = []  # longest increasing run of positions (patience sorting)
     for pos in positions:
         i = next((k for k, p in enumerate(longest) if p >= pos), len(longest))
-        longest[i:i + 1] = [pos]
+        longest[i : i + 1] = [pos]
     return len(longest)
 
 
@@ -115,7 +123,7 @@ def _distinctive(options: dict[str, str]) -> dict[str, str]:
         return texts
     prefix = len(os.path.commonprefix(values))
     suffix = len(os.path.commonprefix([v[::-1] for v in values]))
-    return {k: v[prefix: len(v) - suffix] if len(v) - suffix > prefix else v for k, v in texts.items()}
+    return {k: v[prefix : len(v) - suffix] if len(v) - suffix > prefix else v for k, v in texts.items()}
 
 
 def _option_by_text(text: str, options: dict[str, str]) -> str | None:
@@ -125,8 +133,11 @@ def _option_by_text(text: str, options: dict[str, str]) -> str | None:
     end = _SENTENCE_END.search(text)
     for part in (text[: end.end()] if end else text, text):
         norm = normalize_text(part)
-        spans = [(m.start(), m.start() + len(key), letter)
-                 for letter, key in keys.items() for m in re.finditer(re.escape(key), norm)]
+        spans = [
+            (m.start(), m.start() + len(key), letter)
+            for letter, key in keys.items()
+            for m in re.finditer(re.escape(key), norm)
+        ]
         outer = {c for s, e, c in spans if not any(s2 <= s and e <= e2 and e2 - s2 > e - s for s2, e2, _ in spans)}
         if outer:
             return outer.pop() if len(outer) == 1 else None
@@ -174,7 +185,7 @@ def explain_option(answer: str, prompt: str = "") -> tuple[str | None, str]:
         letters, start = stated
         if len(letters) > 1:
             return None, "several"
-        window = text[start: start + sum(len(v) + 12 for v in options.values())]
+        window = text[start : start + sum(len(v) + 12 for v in options.values())]
         return (None, "restated") if options and _copied_in_order(window, options) >= 3 else (letters.pop(), "cue")
     if _restates_options(text, options):
         return None, "restated"
@@ -184,8 +195,9 @@ def explain_option(answer: str, prompt: str = "") -> tuple[str | None, str]:
     check_negation = not _NEGATIVE_QUESTION.search(unicodedata.normalize("NFKC", str(prompt)))
 
     def chosen(marks: list[tuple[int, str]]) -> set[str]:
-        return {c for pos, c in marks
-                if not (check_negation and _NEG.search(_SENTENCE_END.split(text[pos: pos + 24])[0]))}
+        return {
+            c for pos, c in marks if not (check_negation and _NEG.search(_SENTENCE_END.split(text[pos : pos + 24])[0]))
+        }
 
     end = _SENTENCE_END.search(text)
     first = chosen(_marks(text[: end.end() if end else len(text)]))
@@ -204,7 +216,9 @@ def explain_option(answer: str, prompt: str = "") -> tuple[str | None, str]:
     return None, "none"
 
 
-_NUMBERED_OPTION = re.compile(r"(?:(?<=\s)|(?<=^)|(?<=[：:，,。？?；;“\"]))(?:选项)?([1-9])\s*[.、:：)]?\s*(?=[^\d\s.])")
+_NUMBERED_OPTION = re.compile(
+    r"(?:(?<=\s)|(?<=^)|(?<=[：:，,。？?；;“\"]))(?:选项)?([1-9])\s*[.、:：)]?\s*(?=[^\d\s.])"
+)
 
 
 def parse_numbered_options(prompt: str) -> dict[str, str]:
@@ -217,14 +231,16 @@ def parse_numbered_options(prompt: str) -> dict[str, str]:
         if m.group(1) != "1":
             continue
         run = [m]
-        for nxt in marks[i + 1:]:
+        for nxt in marks[i + 1 :]:
             if int(nxt.group(1)) == len(run) + 1:
                 run.append(nxt)
         best = run if len(run) > len(best) else best
     if len(best) < 2:
         return {}
     ends = [m.start() for m in best[1:]] + [len(text)]
-    return {m.group(1): text[m.end(): e].split("\n")[0].strip(" ，,。.;；、") for m, e in zip(best, ends)}
+    return {
+        m.group(1): text[m.end() : e].split("\n")[0].strip(" ，,。.;；、") for m, e in zip(best, ends, strict=False)
+    }
 
 
 def numbered_choice(answer: str, prompt: str) -> str | None:

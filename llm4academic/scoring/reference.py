@@ -100,8 +100,11 @@ class ContainsScorer(ReferenceScorer):
         self.max_chars = max_chars
 
     def applies(self, reference: str) -> bool:
-        return (option_letter(reference) is None and reference_numbers(reference) is None
-                and 2 <= len(normalize_text(reference)) <= self.max_chars)
+        return (
+            option_letter(reference) is None
+            and reference_numbers(reference) is None
+            and 2 <= len(normalize_text(reference)) <= self.max_chars
+        )
 
     @staticmethod
     def alternatives(reference: str) -> list[str]:
@@ -119,8 +122,9 @@ class ContainsScorer(ReferenceScorer):
         """``needle`` occurs in ``text`` other than right after a Chinese negation (正确 in 不正确, 存在 in 不存在)."""
         if needle[:1] in _NEGATIONS:
             return needle in text
-        return any(m.start() == 0 or text[m.start() - 1] not in _NEGATIONS
-                   for m in re.finditer(re.escape(needle), text))
+        return any(
+            m.start() == 0 or text[m.start() - 1] not in _NEGATIONS for m in re.finditer(re.escape(needle), text)
+        )
 
 
 class RougeLScorer(ReferenceScorer):
@@ -136,8 +140,9 @@ class RougeLScorer(ReferenceScorer):
         return rouge_l(answer, reference)
 
 
-SCORERS: dict[str, ReferenceScorer] = {s.name: s for s in (OptionScorer(), NumberScorer(), ContainsScorer(),
-                                                            RougeLScorer())}
+SCORERS: dict[str, ReferenceScorer] = {
+    s.name: s for s in (OptionScorer(), NumberScorer(), ContainsScorer(), RougeLScorer())
+}
 REFERENCE_SCORERS: tuple[str, ...] = tuple(SCORERS)
 
 
@@ -156,14 +161,21 @@ def resolve_scorers(scorers: Iterable[str | ReferenceScorer]) -> list[ReferenceS
         elif s in SCORERS:
             resolved.append(SCORERS[s])
         else:
-            raise ScoringError(f"unknown scorer {s!r}; the reference scorers are: {', '.join(SCORERS)} "
-                               "(the judge scores with judge_scores / pairwise_scores)")
+            raise ScoringError(
+                f"unknown scorer {s!r}; the reference scorers are: {', '.join(SCORERS)} "
+                "(the judge scores with judge_scores / pairwise_scores)"
+            )
     return resolved
 
 
-def score_answers(answers: pd.DataFrame, zbench: pd.DataFrame | None = None,
-                  scorers: Iterable[str | ReferenceScorer] = REFERENCE_SCORERS, *,
-                  fallback_model: str | None = FALLBACK_MODEL, progress: bool | None = None) -> pd.DataFrame:
+def score_answers(
+    answers: pd.DataFrame,
+    zbench: pd.DataFrame | None = None,
+    scorers: Iterable[str | ReferenceScorer] = REFERENCE_SCORERS,
+    *,
+    fallback_model: str | None = FALLBACK_MODEL,
+    progress: bool | None = None,
+) -> pd.DataFrame:
     """Score stored answers with the reference scorers: a long table ``item_id, split, model, scorer, score,
     against`` with one row per answer and applicable scorer (``scorers_for``); ``against`` is ``reference``, or, for
     rouge_l on an item without a reference, the fallback model whose answer served instead (that model's own answer
@@ -174,20 +186,44 @@ def score_answers(answers: pd.DataFrame, zbench: pd.DataFrame | None = None,
     items = answer_items(answers, zbench)
     fallback = fallback_model if fallback_model in items.columns else None
     rows = []
-    for rec in tqdm(answers.itertuples(index=False), total=len(answers), desc="scoring",
-                    disable=None if progress is None else not progress, leave=False):
+    for rec in tqdm(
+        answers.itertuples(index=False),
+        total=len(answers),
+        desc="scoring",
+        disable=None if progress is None else not progress,
+        leave=False,
+    ):
         item = items.loc[rec.item_id]
         reference, prompt, answer = cell_text(item["reference"]), cell_text(item["prompt"]), cell_text(rec.answer)
         for scorer in resolved:
             if reference.strip():
                 if scorer.applies(reference):
-                    rows.append((rec.item_id, rec.split, rec.model, scorer.name,
-                                 scorer.score(answer, reference, prompt), "reference"))
+                    rows.append(
+                        (
+                            rec.item_id,
+                            rec.split,
+                            rec.model,
+                            scorer.name,
+                            scorer.score(answer, reference, prompt),
+                            "reference",
+                        )
+                    )
             elif scorer.name == "rouge_l" and fallback and rec.model != fallback and cell_text(item[fallback]).strip():
-                rows.append((rec.item_id, rec.split, rec.model, scorer.name,
-                             scorer.score(answer, cell_text(item[fallback]), prompt), fallback))
+                rows.append(
+                    (
+                        rec.item_id,
+                        rec.split,
+                        rec.model,
+                        scorer.name,
+                        scorer.score(answer, cell_text(item[fallback]), prompt),
+                        fallback,
+                    )
+                )
     scores = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
     scores["score"] = scores["score"].astype(float)
-    scores.attrs["scoring"] = {"scorers": [s.name for s in resolved], "fallback_model": fallback,
-                               "zbench": dict(PROVENANCE)}
+    scores.attrs["scoring"] = {
+        "scorers": [s.name for s in resolved],
+        "fallback_model": fallback,
+        "zbench": dict(PROVENANCE),
+    }
     return scores

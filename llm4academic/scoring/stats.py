@@ -28,8 +28,13 @@ def group_rng(seed: int, *key) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(repr(tuple(map(str, key))).encode())])
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, *, n_boot: int = 1000, ci: float = 0.95,
-                 rng: np.random.Generator | int | None = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    rng: np.random.Generator | int | None = 0,
+) -> tuple[float, float, float]:
     """Mean and percentile-bootstrap confidence interval ``(mean, low, high)`` of the values (resampled with
     replacement ``n_boot`` times, numpy); a seed or generator makes it reproducible."""
     x = np.asarray(values, dtype=float)
@@ -46,14 +51,22 @@ def _with_tags(scores: pd.DataFrame, zbench: pd.DataFrame | None) -> pd.DataFram
     if "tags" not in scores.columns:
         zbench = load_zbench() if zbench is None else zbench
         scores = scores.merge(zbench[["item_id", "tags"]].drop_duplicates("item_id"), on="item_id", how="left")
-    tagged = scores.assign(tag=scores["tags"].map(lambda t: list(t) if isinstance(t, list | tuple) and len(t)
-                                                  else ["(none)"]))
+    tagged = scores.assign(
+        tag=scores["tags"].map(lambda t: list(t) if isinstance(t, list | tuple) and len(t) else ["(none)"])
+    )
     return tagged.explode("tag").drop(columns="tags")
 
 
-def aggregate(scores: pd.DataFrame, by: Sequence[str] = ("model", "split", "scorer"), *, overall: bool = True,
-              n_boot: int = 1000, ci: float = 0.95, seed: int = 0,
-              zbench: pd.DataFrame | None = None) -> pd.DataFrame:
+def aggregate(
+    scores: pd.DataFrame,
+    by: Sequence[str] = ("model", "split", "scorer"),
+    *,
+    overall: bool = True,
+    n_boot: int = 1000,
+    ci: float = 0.95,
+    seed: int = 0,
+    zbench: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Mean score per group with a seeded percentile-bootstrap CI over items: ``[*by], n, score, ci_low, ci_high``.
 
     ``by`` names columns of ``scores`` (``score_answers``' output), plus ``tag``: tags are lists, so each item
@@ -64,8 +77,9 @@ def aggregate(scores: pd.DataFrame, by: Sequence[str] = ("model", "split", "scor
     by = list(by)
     unknown = [c for c in by if c not in scores.columns and c != "tag"]
     if unknown:
-        raise ScoringError(f"cannot aggregate by {', '.join(unknown)}; the scores have columns "
-                           f"{', '.join(scores.columns)} (and tag)")
+        raise ScoringError(
+            f"cannot aggregate by {', '.join(unknown)}; the scores have columns {', '.join(scores.columns)} (and tag)"
+        )
     facet = "tag" if "tag" in by else "split" if "split" in by else None
     data = _with_tags(scores, zbench) if facet == "tag" else scores
     parts = [(data, by)]
@@ -85,7 +99,12 @@ def aggregate(scores: pd.DataFrame, by: Sequence[str] = ("model", "split", "scor
         out[facet] = pd.Categorical(out[facet], categories=order, ordered=True)
         out = out.sort_values(by, kind="stable").reset_index(drop=True)
         out[facet] = out[facet].astype(str)
-    out.attrs["aggregate"] = {"by": by, "n_boot": n_boot, "ci": ci, "seed": seed,
-                              "method": "mean over items; percentile bootstrap over items, seeded per group",
-                              **scores.attrs.get("scoring", {})}
+    out.attrs["aggregate"] = {
+        "by": by,
+        "n_boot": n_boot,
+        "ci": ci,
+        "seed": seed,
+        "method": "mean over items; percentile bootstrap over items, seeded per group",
+        **scores.attrs.get("scoring", {}),
+    }
     return out

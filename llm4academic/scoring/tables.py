@@ -22,12 +22,16 @@ def answer_items(answers: pd.DataFrame, zbench: pd.DataFrame | None) -> pd.DataF
     """Check the answers table and return the Z-Bench rows of its items, indexed by item_id."""
     missing = [c for c in ANSWER_COLUMNS if c not in answers.columns]
     if missing:
-        raise ScoringError(f"the answers table lacks column(s) {', '.join(missing)}; expected the long table "
-                           f"{', '.join(ANSWER_COLUMNS)} (zbench.answers_long or generate.py's output)")
+        raise ScoringError(
+            f"the answers table lacks column(s) {', '.join(missing)}; expected the long table "
+            f"{', '.join(ANSWER_COLUMNS)} (zbench.answers_long or generate.py's output)"
+        )
     zbench = load_zbench() if zbench is None else zbench
     items = zbench.drop_duplicates("item_id").set_index("item_id")
     unknown = sorted(set(answers["item_id"]) - set(items.index))
     if unknown:
-        raise ScoringError(f"{len(unknown)} answer item_id(s) are not in the Z-Bench table: "
-                           f"{', '.join(map(str, unknown[:5]))}{' …' if len(unknown) > 5 else ''}")
+        raise ScoringError(
+            f"{len(unknown)} answer item_id(s) are not in the Z-Bench table: "
+            f"{', '.join(map(str, unknown[:5]))}{' …' if len(unknown) > 5 else ''}"
+        )
     return items

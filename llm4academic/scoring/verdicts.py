@@ -21,50 +21,69 @@ from .text import cell_text
 
 SCORE_STRINGS: tuple[str, ...] = tuple(str(i) for i in range(1, 11))
 _RUBRIC = {
-    "zh": ("请作为一名公正的评审，评估下面 AI 助手对用户问题的回答质量。请考虑回答的有用性、相关性、准确性、深度和细节"
-           "{ref_note}。不要因回答的长短而偏心。请给出 1 到 10 之间的整数评分，10 分最好。\n\n[问题]\n{question}\n\n"
-           "{reference}[助手的回答]\n{answer}\n\n", "评分（1-10）：", "[参考答案]\n{reference}\n\n",
-           "；参考答案可用于判断回答是否正确"),
-    "en": ("Please act as an impartial judge and evaluate the quality of the AI assistant's answer to the user "
-           "question below. Consider helpfulness, relevance, accuracy, depth and level of detail{ref_note}. Do not let the "
-           "length of the answer influence you. Rate the answer with an integer from 1 to 10, 10 being best.\n\n"
-           "[Question]\n{question}\n\n{reference}[Assistant's answer]\n{answer}\n\n", "Rating (1-10): ",
-           "[Reference answer]\n{reference}\n\n", "; use the reference answer to judge correctness"),
+    "zh": (
+        "请作为一名公正的评审，评估下面 AI 助手对用户问题的回答质量。请考虑回答的有用性、相关性、准确性、深度和细节"
+        "{ref_note}。不要因回答的长短而偏心。请给出 1 到 10 之间的整数评分，10 分最好。\n\n[问题]\n{question}\n\n"
+        "{reference}[助手的回答]\n{answer}\n\n",
+        "评分（1-10）：",
+        "[参考答案]\n{reference}\n\n",
+        "；参考答案可用于判断回答是否正确",
+    ),
+    "en": (
+        "Please act as an impartial judge and evaluate the quality of the AI assistant's answer to the user "
+        "question below. Consider helpfulness, relevance, accuracy, depth and level of detail{ref_note}. Do not let "
+        "the length of the answer influence you. Rate the answer with an integer from 1 to 10, 10 being best.\n\n"
+        "[Question]\n{question}\n\n{reference}[Assistant's answer]\n{answer}\n\n",
+        "Rating (1-10): ",
+        "[Reference answer]\n{reference}\n\n",
+        "; use the reference answer to judge correctness",
+    ),
 }
 _PAIRWISE = {
-    "zh": ("请作为一名公正的评审，比较两个 AI 助手对同一用户问题的回答，判断哪一个更好。请考虑有用性、相关性、准确性、深度"
-           "和细节。不要让回答出现的顺序或长短影响你的判断。只回答 A 或 B。\n\n[问题]\n{question}\n\n[助手 A 的回答]\n"
-           "{answer_a}\n\n[助手 B 的回答]\n{answer_b}\n\n", "更好的回答是助手 "),
-    "en": ("Please act as an impartial judge and compare two AI assistants' answers to the same user question; decide "
-           "which is better. Consider helpfulness, relevance, accuracy, depth and detail. Do not let the order in "
-           "which the answers appear or their length influence you. Answer only A or B.\n\n[Question]\n{question}\n\n"
-           "[Assistant A's answer]\n{answer_a}\n\n[Assistant B's answer]\n{answer_b}\n\n", "The better answer is "
-           "assistant "),
+    "zh": (
+        "请作为一名公正的评审，比较两个 AI 助手对同一用户问题的回答，判断哪一个更好。请考虑有用性、相关性、准确性、深度"
+        "和细节。不要让回答出现的顺序或长短影响你的判断。只回答 A 或 B。\n\n[问题]\n{question}\n\n[助手 A 的回答]\n"
+        "{answer_a}\n\n[助手 B 的回答]\n{answer_b}\n\n",
+        "更好的回答是助手 ",
+    ),
+    "en": (
+        "Please act as an impartial judge and compare two AI assistants' answers to the same user question; decide "
+        "which is better. Consider helpfulness, relevance, accuracy, depth and detail. Do not let the order in "
+        "which the answers appear or their length influence you. Answer only A or B.\n\n[Question]\n{question}\n\n"
+        "[Assistant A's answer]\n{answer_a}\n\n[Assistant B's answer]\n{answer_b}\n\n",
+        "The better answer is assistant ",
+    ),
 }
 
 
 def _clip(text: str, max_chars: int) -> str:
     text = cell_text(text).strip()
-    return text if len(text) <= max_chars else text[: max_chars // 2] + " … " + text[-max_chars // 2:]
+    return text if len(text) <= max_chars else text[: max_chars // 2] + " … " + text[-max_chars // 2 :]
 
 
-def grading_prompt(question: str, answer: str, reference: str = "", *, language: str = "zh",
-                   max_chars: int = 2000) -> tuple[str, str]:
+def grading_prompt(
+    question: str, answer: str, reference: str = "", *, language: str = "zh", max_chars: int = 2000
+) -> tuple[str, str]:
     """The single-answer rubric (MT-Bench style, Chinese or English) as ``(instruction, lead)``: the judge's score is
     read right after ``lead`` (``评分（1-10）：``). Long texts are cut to ``max_chars`` (head … tail)."""
     body, lead, ref_block, ref_note = _RUBRIC[rubric_language(language)]
     reference = _clip(reference, max_chars)
-    return body.format(question=_clip(question, max_chars), answer=_clip(answer, max_chars),
-                       reference=ref_block.format(reference=reference) if reference else "",
-                       ref_note=ref_note if reference else ""), lead
+    return body.format(
+        question=_clip(question, max_chars),
+        answer=_clip(answer, max_chars),
+        reference=ref_block.format(reference=reference) if reference else "",
+        ref_note=ref_note if reference else "",
+    ), lead
 
 
-def pairwise_prompt(question: str, answer_a: str, answer_b: str, *, language: str = "zh",
-                    max_chars: int = 2000) -> tuple[str, str]:
+def pairwise_prompt(
+    question: str, answer_a: str, answer_b: str, *, language: str = "zh", max_chars: int = 2000
+) -> tuple[str, str]:
     """The pairwise rubric as ``(instruction, lead)``; the verdict (``A``/``B``) is read right after ``lead``."""
     body, lead = _PAIRWISE[rubric_language(language)]
-    return body.format(question=_clip(question, max_chars), answer_a=_clip(answer_a, max_chars),
-                       answer_b=_clip(answer_b, max_chars)), lead
+    return body.format(
+        question=_clip(question, max_chars), answer_a=_clip(answer_a, max_chars), answer_b=_clip(answer_b, max_chars)
+    ), lead
 
 
 def rubric_language(language: str) -> str:
@@ -74,8 +93,9 @@ def rubric_language(language: str) -> str:
     return language
 
 
-def sequence_probs(next_probs: Callable[[tuple[int, ...]], np.ndarray],
-                   sequences: Sequence[tuple[int, ...]]) -> np.ndarray:
+def sequence_probs(
+    next_probs: Callable[[tuple[int, ...]], np.ndarray], sequences: Sequence[tuple[int, ...]]
+) -> np.ndarray:
     """Probability that the continuation is exactly each token sequence, renormalised over the sequences.
 
     ``next_probs(prefix)`` is the model's next-token distribution after the prompt plus ``prefix``. A sequence is the
@@ -94,7 +114,7 @@ def sequence_probs(next_probs: Callable[[tuple[int, ...]], np.ndarray],
     probs = []
     for seq in sequences:
         p = math.prod(float(dist(seq[:k])[tok]) for k, tok in enumerate(seq))
-        longer = {o[len(seq)] for o in sequences if len(o) > len(seq) and o[:len(seq)] == seq}
+        longer = {o[len(seq)] for o in sequences if len(o) > len(seq) and o[: len(seq)] == seq}
         if longer:
             p *= max(0.0, 1.0 - sum(float(dist(seq)[t]) for t in longer))
         probs.append(p)
@@ -151,10 +171,15 @@ def pairwise_summary(pairwise: pd.DataFrame) -> pd.DataFrame:
     """Per model: ``n, wins, ties, losses, inconsistent, position_bias`` (share of order-inconsistent verdicts, all
     counted as ties) and ``win_rate`` ((wins + ties/2) / n)."""
     g = pairwise.groupby("model", sort=False)
-    out = pd.DataFrame({"n": g.size(), "wins": g["verdict"].apply(lambda v: int((v == "win").sum())),
-                        "ties": g["verdict"].apply(lambda v: int((v == "tie").sum())),
-                        "losses": g["verdict"].apply(lambda v: int((v == "loss").sum())),
-                        "inconsistent": g["consistent"].apply(lambda v: int((~v.astype(bool)).sum()))})
+    out = pd.DataFrame(
+        {
+            "n": g.size(),
+            "wins": g["verdict"].apply(lambda v: int((v == "win").sum())),
+            "ties": g["verdict"].apply(lambda v: int((v == "tie").sum())),
+            "losses": g["verdict"].apply(lambda v: int((v == "loss").sum())),
+            "inconsistent": g["consistent"].apply(lambda v: int((~v.astype(bool)).sum())),
+        }
+    )
     out["position_bias"] = out["inconsistent"] / out["n"]
     out["win_rate"] = (out["wins"] + out["ties"] / 2) / out["n"]
     return out.reset_index()
