@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llm4academic import data, models, sft
+from llm4academic import data, models, packing, sft
 from llm4academic.base import project_root
 from llm4academic.config import ModelParams, load_params
 
@@ -177,7 +177,7 @@ class Context:
             tp = params.train
             tokenized, report = sft.tokenize_records(prepared.mix, tok, template, tp.max_length)
             _, untruncated = sft.tokenize_records(prepared.mix, tok, template, 10**9)
-            packed, pack_report = sft.pack(tokenized, tp.max_length)
+            packed, pack_report = packing.pack(tokenized, tp.max_length)
             cols = tokenized.select_columns(["input_ids", "labels"]).to_dict()
             self._mix = {
                 "params_path": str(path),
@@ -205,7 +205,7 @@ def matched_batch_size(lengths: list[int], budget: int, seed: int) -> tuple[int,
     member) is closest to ``budget`` (the packed step's rows × max_length)."""
     processed = {}
     for b in range(1, len(lengths) + 1):
-        batches = sft.random_batches(len(lengths), b, seed)
+        batches = packing.random_batches(len(lengths), b, seed)
         processed[b] = statistics.mean(len(x) * max(lengths[i] for i in x) for x in batches)
         if processed[b] > budget * 1.5:
             break

@@ -4,7 +4,7 @@ What runs: a LLaMA config of about 1B parameters (hidden 2048, 16 layers, 16 hea
 randomly initialised from config (nothing downloaded); FSDP2 (``torch.distributed.fsdp.fully_shard`` on every
 decoder layer and the root, full shard; one GPU works, so does ``torchrun --nproc-per-node N``); bf16 compute with fp32
 master weights and fp32 gradient reduction; AdamW; the kit's SFT data path on the shipped instruction samples
-(``sft.tokenize_records`` with the alpaca template, then ``sft.pack`` into rows of ``--seq-len``) and its
+(``sft.tokenize_records`` with the alpaca template, then ``packing.pack`` into rows of ``--seq-len``) and its
 ``PackedCollator`` — flash-attention's variable-length path when ``flash_attn`` is installed, else SDPA with the
 block-diagonal mask. A few warm-up steps, then ``--steps`` timed ones. Prints one JSON object on stdout.
 
@@ -153,7 +153,7 @@ def packed_rows(seq_len: int, needed: int, seed: int) -> tuple[list[dict], dict]
     """The kit's SFT data: shipped samples → alpaca template, masked labels, EOS id → packed rows of seq_len."""
     import datasets
 
-    from llm4academic import models, sft
+    from llm4academic import models, packing, sft
     from llm4academic.base import RESOURCES_DIR
     from llm4academic.config import ModelParams
     from llm4academic.data.formats import load_file
@@ -165,7 +165,7 @@ def packed_rows(seq_len: int, needed: int, seed: int) -> tuple[list[dict], dict]
     enough = needed * seq_len // 100 + 64  # records average ~240 tokens: enough for `needed` rows, with room
     records = records.select(range(min(len(records), enough)))
     tokenized, _ = sft.tokenize_records(records, tok, "alpaca", seq_len)
-    packed, report = sft.pack(tokenized, seq_len)
+    packed, report = packing.pack(tokenized, seq_len)
     rows = packed.to_list()
     if not rows:
         raise SystemExit("no packed rows: the samples did not tokenise")
@@ -236,7 +236,7 @@ def main(argv=None) -> dict:
     if not cuda and not args.dry_run:
         raise SystemExit("gpu.py: no CUDA device here; run with --dry-run for the CPU check")
     from benchmarks.machine import cpu_model
-    from llm4academic import sft
+    from llm4academic import packing
 
     started = time.perf_counter()
     rank, world, local_rank = init_distributed(cuda)
@@ -267,7 +267,7 @@ def main(argv=None) -> dict:
     local = sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
     dtensors = all(hasattr(p, "to_local") for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, fused=cuda)
-    collator = sft.PackedCollator(
+    collator = packing.PackedCollator(
         data_info["pad_token_id"], attn_implementation=attn, dtype=torch.bfloat16 if bf16 else torch.float32
     )
     model.train()

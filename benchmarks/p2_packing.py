@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from llm4academic.sft import length_grouped_batches, random_batches, token_efficiency
+from llm4academic.packing import length_grouped_batches, random_batches, token_efficiency
 
 from .common import SEED, Case, Context, Goal, Sizes, fmt_pct, fmt_x, matched_batch_size, median, rnd, verdict
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from llm4academic.models import load_model
-from llm4academic.sft import PackedCollator, PaddedCollator, pack, random_batches
+from llm4academic.packing import PackedCollator, PaddedCollator, pack, random_batches
 
 from .common import SEED, Case, Context, Goal, Sizes, fmt_n, fmt_x, matched_batch_size, median, rnd, verdict, yes
 from .machine import peak_rss_mb, reset_peak_rss, rss_mb

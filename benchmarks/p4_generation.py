@@ -8,8 +8,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from llm4academic.generate import GenParams, TransformersRunner, fit_prompt, length_batches, prompt_ids, zbench_record
+from llm4academic.generate import GenParams, fit_prompt, length_batches, prompt_ids, zbench_record
 from llm4academic.models import model_card
+from llm4academic.runners import TransformersRunner
 from llm4academic.sft import framing
 from llm4academic.zbench import load_zbench
 

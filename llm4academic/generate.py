@@ -7,22 +7,23 @@
 from its start token and generates).
 
 Batches: prompts sorted by token length (longest first), ``batch_size`` at a time; decoder-only prompts are padded on
-the **left** (generate derives position ids from the attention mask, so a padded row decodes as it would alone),
-encoder inputs on the right. Results come back in the order of ``items``. Decoding: greedy by default; with
-``do_sample`` each prompt draws from its own generator seeded by ``(seed, prompt)`` after temperature and top-p, so a
-sample does not depend on the batch it falls in, on the batch size or on an interrupted run. Generation stops at the
-tokenizer's EOS id (the id ``sft`` puts after every reply) or after ``max_new_tokens``. The model's own
-``generation_config.json`` (sampling defaults, penalties…) is not used: every model decodes with the same recorded
-settings. A prompt longer than the model's context minus ``max_new_tokens`` keeps its leading special tokens and its
-end (the template's ``### Response:``) and is flagged ``prompt_truncated``.
+the **left** by the runner (``runners.py``; generate derives position ids from the attention mask, so a padded row
+decodes as it would alone), encoder inputs on the right. Results come back in the order of ``items``. Decoding
+(``GenParams``, defined with the runners and re-exported here): greedy by default; with ``do_sample`` each prompt draws
+from its own generator seeded by ``(seed, prompt)`` after temperature and top-p, so a sample does not depend on the
+batch it falls in, on the batch size or on an interrupted run. Generation stops at the tokenizer's EOS id (the id
+``sft`` puts after every reply) or after ``max_new_tokens``. The model's own ``generation_config.json`` (sampling
+defaults, penalties…) is not used: every model decodes with the same recorded settings. A prompt longer than the model's
+context minus ``max_new_tokens`` keeps its leading special tokens and its end (the template's ``### Response:``) and is
+flagged ``prompt_truncated``.
 
 Cache (``answer_cache.py``): one JSONL file per model identity under ``out_dir`` (the caller's folder), a row per
 prompt keyed by the model identity, prompt text, template, dtype, backend and decoding settings, appended after every
 batch, so an interrupted run resumes with only the missing prompts. Items with the same prompt share one generation.
 
-Backends (``backend=``, the study's ``evaluate.backend``): ``transformers`` (above) or ``vllm`` (decoder-only, GPU
-machines with vllm installed; else a ``KitError`` before anything is loaded or written), with the same prompt ids and
-cache. torch, transformers and ``sft`` are imported where used, so that importing this module stays torch-free.
+Backends (``backend=``, the study's ``evaluate.backend``; ``runners.py``): ``transformers`` (above) or ``vllm``
+(decoder-only, GPU machines with vllm installed; else a ``KitError`` before anything is loaded or written), with the
+same prompt ids and cache.
 """
 
 from __future__ import annotations
@@ -30,60 +31,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from huggingface_hub import snapshot_download
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
-from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from . import sft
 from .answer_cache import Appender, cache_file, cache_key, directory_identity, read_cache, warn_if_damaged
 from .base import KitError
 from .config import BACKENDS, ModelParams
-from .models import load_model, load_tokenizer, model_card, resolve_model_path
+from .models import load_tokenizer, model_card, resolve_model_path
+from .runners import RUNNERS, GenParams, _import_vllm  # GenParams lives with the runners; callers import it here
 from .templates import prompt_text, render
-
-_SANE_CONTEXT = 1_000_000  # tokenizers without a limit say model_max_length = 1e30
-
-
-@dataclass(frozen=True)
-class GenParams:
-    """Decoding settings. ``temperature``, ``top_p`` and ``seed`` matter only with ``do_sample``."""
-
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        problems = [
-            msg
-            for bad, msg in (
-                (self.max_new_tokens < 1, f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}"),
-                (self.batch_size < 1, f"batch_size must be ≥ 1, got {self.batch_size}"),
-                (not self.temperature > 0, f"temperature must be > 0, got {self.temperature}"),
-                (not 0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            )
-            if bad
-        ]
-        if problems:
-            raise KitError("generation: " + "; ".join(problems))
-
-    def decoding(self) -> dict:
-        """The settings that decide the answers (the cache key's part): sampling knobs only when sampling."""
-        out: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": self.do_sample}
-        if self.do_sample:
-            out.update(temperature=float(self.temperature), top_p=float(self.top_p), seed=self.seed)
-        return out
 
 
 @dataclass
@@ -165,164 +128,6 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 def item_seed(seed: int, text: str) -> int:
     """The sampling seed of one prompt text: the same whatever batch the prompt is generated in."""
     return int.from_bytes(hashlib.sha256(f"{seed}\0{text}".encode()).digest()[:8], "big") & (2**63 - 1)
-
-
-def _context_limit(model, tokenizer, seq2seq: bool) -> int | None:
-    """How many tokens the model reads: its position table (decoder-only), else the tokenizer's limit if it has one."""
-    config = model.config
-    limits = (
-        [] if seq2seq else [getattr(config, k, None) for k in ("max_position_embeddings", "n_positions", "seq_length")]
-    )
-    limits.append(getattr(tokenizer, "model_max_length", None))
-    limits = [int(x) for x in limits if isinstance(x, int | float) and 0 < x < _SANE_CONTEXT]
-    return min(limits) if limits else None
-
-
-# --------------------------------------------------------------------------------------------- transformers backend
-
-
-def _seeded_sampler(seeds: list[int], gen: GenParams, device):
-    """A logits processor that samples each row with its own generator (temperature, then top-p) and leaves only the
-    drawn token: ``generate`` then runs greedy and picks it. Makes a row's sample independent of its batch."""
-    warpers = [TemperatureLogitsWarper(gen.temperature)] + ([TopPLogitsWarper(gen.top_p)] if gen.top_p < 1 else [])
-    generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-    class SeededSampler(LogitsProcessor):
-        def __call__(self, input_ids, scores):
-            for w in warpers:
-                scores = w(input_ids, scores)
-            probs = torch.softmax(scores.float(), dim=-1)
-            picked = torch.stack([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
-            out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, picked, 0.0)
-
-    return SeededSampler()
-
-
-class TransformersRunner:
-    """One loaded model + tokenizer: ``run(list of prompt ids, seeds)`` → ``[(new ids, finish)]`` for one batch."""
-
-    backend = "transformers"
-
-    def __init__(self, mp: ModelParams, tokenizer, seq2seq: bool, gen: GenParams, device: str | None = None):
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load_model(mp).to(self.device).eval()
-        self.seq2seq, self.gen = seq2seq, gen
-        self.eos = tokenizer.eos_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        own = self.model.generation_config
-        ids = {"eos_token_id": self.eos, "pad_token_id": self.pad, "bos_token_id": tokenizer.bos_token_id}
-        if seq2seq:
-            ids["decoder_start_token_id"] = (
-                own.decoder_start_token_id
-                if own.decoder_start_token_id is not None
-                else self.model.config.decoder_start_token_id
-            )
-        # The model's own generation_config.json fills every field we leave unset (transformers 5): replace it
-        # so that only these settings and transformers' neutral defaults apply.
-        self.model.generation_config = GenerationConfig(**ids)
-        self.config = GenerationConfig(max_new_tokens=gen.max_new_tokens, do_sample=False, num_beams=1, **ids)
-        self.dtype = str(self.model.dtype).removeprefix("torch.")
-        self.context = _context_limit(self.model, tokenizer, seq2seq)
-        self.versions = _versions("torch", "transformers")
-
-    def run(self, batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
-
-        width = max(map(len, batch))
-        pad = [[self.pad] * (width - len(ids)) for ids in batch]
-        mask = [[0] * len(p) + [1] * len(ids) for p, ids in zip(pad, batch, strict=True)]
-        if self.seq2seq:  # encoder input: padded on the right
-            rows, mask = [ids + p for p, ids in zip(pad, batch, strict=True)], [m[::-1] for m in mask]
-        else:  # decoder-only: padded on the left, so every row's next token follows its prompt
-            rows = [p + ids for p, ids in zip(pad, batch, strict=True)]
-        input_ids = torch.tensor(rows, device=self.device)
-        attention_mask = torch.tensor(mask, device=self.device)
-        processors = LogitsProcessorList([_seeded_sampler(seeds, self.gen, self.device)] if self.gen.do_sample else [])
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                generation_config=self.config,
-                logits_processor=processors,
-            )
-        start = 1 if self.seq2seq else width  # seq2seq output starts with the decoder start token
-        return [_finish(row[start:].tolist(), self.eos) for row in out]
-
-
-def _finish(new: list[int], eos: int) -> tuple[list[int], str]:
-    """New ids up to and including the first EOS (padding after it dropped), and why generation stopped."""
-    if eos in new:
-        return new[: new.index(eos) + 1], "eos"
-    return new, "length"
-
-
-# --------------------------------------------------------------------------------------------- vLLM backend
-
-
-class VllmRunner:
-    """The same prompt ids through vLLM (decoder-only; GPU machines). Greedy = temperature 0; sampling seeds each
-    request like the transformers backend (its draws differ from transformers', hence ``backend`` in the key)."""
-
-    backend = "vllm"
-
-    def __init__(self, mp: ModelParams, tokenizer, seq2seq: bool, gen: GenParams, device: str | None = None):
-        vllm = _import_vllm()
-        if seq2seq:
-            raise KitError(
-                f"model {mp.name!r} is encoder-decoder: the vllm backend serves decoder-only models; set "
-                "evaluate.backend: transformers"
-            )
-        self.vllm, self.gen, self.eos = vllm, gen, tokenizer.eos_token_id
-        self.llm = vllm.LLM(
-            model=resolve_model_path(mp.path),
-            revision=mp.revision,
-            dtype=mp.dtype,
-            trust_remote_code=mp.trust_remote_code,
-            seed=gen.seed,
-        )
-        self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
-        self.device = "cuda"
-        self.context = self.llm.llm_engine.model_config.max_model_len
-        self.versions = _versions("torch", "vllm")
-
-    def run(self, batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
-        g = self.gen
-        # ignore_eos: stop at the tokenizer's EOS id only, as the transformers backend does (not at other ids the
-        # model's generation_config.json may list)
-        params = [
-            self.vllm.SamplingParams(
-                max_tokens=g.max_new_tokens,
-                temperature=g.temperature if g.do_sample else 0.0,
-                top_p=g.top_p if g.do_sample else 1.0,
-                seed=s if g.do_sample else None,
-                ignore_eos=True,
-                stop_token_ids=[self.eos],
-            )
-            for s in seeds
-        ]
-        outs = self.llm.generate([{"prompt_token_ids": ids} for ids in batch], params, use_tqdm=False)
-        results = []
-        for o in outs:
-            new, finish = _finish(list(o.outputs[0].token_ids), self.eos)
-            if finish == "length" and o.outputs[0].finish_reason == "stop":  # the stop id left out of token_ids
-                new, finish = new + [self.eos], "eos"
-            results.append((new, finish))
-        return results
-
-
-def _import_vllm():
-    try:
-        import vllm  # optional: GPU machines only
-    except ImportError:
-        raise KitError(
-            "backend 'vllm' (evaluate.backend) needs the vllm package, which is not installed here: "
-            "install vllm on a GPU machine (pip install vllm), or set evaluate.backend: transformers"
-        ) from None
-    return vllm
-
-
-RUNNERS: dict[str, Callable] = {"transformers": TransformersRunner, "vllm": VllmRunner}
 
 
 # --------------------------------------------------------------------------------------------- generate_answers
@@ -434,10 +239,6 @@ ROW_COLUMNS = (
     "versions",
     "created",
 )
-
-
-def _versions(*packages: str) -> dict[str, str]:
-    return {p: metadata.version(p) for p in packages}
 
 
 @dataclass

@@ -30,7 +30,7 @@ from torch.utils.tensorboard import SummaryWriter
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
-from . import data, models, sft
+from . import data, models, packing, sft
 from .base import KitError, atomic_write, setup_environment
 from .config import ModelParams, StudyParams, load_params
 from .data.formats import RECORD_FEATURES
@@ -74,15 +74,15 @@ def build_dataset(params: StudyParams, mp: ModelParams, run_dir: str | Path) -> 
         "packing": False,
     }
     config = SimpleNamespace(**models.read_config(mp))
-    problem = sft.packing_problem(config) if tp.packing else "train.packing: false"
+    problem = packing.packing_problem(config) if tp.packing else "train.packing: false"
     stats["padding_reason"] = problem
     lengths = [len(x) for x in tokenized.select_columns(["input_ids"]).to_dict()["input_ids"]]
-    stats["padded_efficiency"] = sft.token_efficiency(
-        [[lengths[i] for i in b] for b in sft.random_batches(len(lengths), tp.per_device_batch_size, params.seed)]
+    stats["padded_efficiency"] = packing.token_efficiency(
+        [[lengths[i] for i in b] for b in packing.random_batches(len(lengths), tp.per_device_batch_size, params.seed)]
     )
     if problem is None:
         stats["packing"] = True
-        tokenized, pack_report = sft.pack(tokenized, tp.max_length)
+        tokenized, pack_report = packing.pack(tokenized, tp.max_length)
         stats["pack"] = pack_report.to_dict()
     if rd.dataset(mp.name).exists():
         shutil.rmtree(rd.dataset(mp.name))
@@ -99,7 +99,7 @@ def _loader(ds, tp, collator, seed: int):
     g = torch.Generator().manual_seed(seed)
     if tp.group_by_length and "seq_lens" not in ds.column_names:
         lengths = [len(x) for x in ds.select_columns(["input_ids"]).to_dict()["input_ids"]]
-        batches = sft.length_grouped_batches(lengths, tp.per_device_batch_size, seed)
+        batches = packing.length_grouped_batches(lengths, tp.per_device_batch_size, seed)
         return DataLoader(ds, batch_sampler=batches, collate_fn=collator)
     return DataLoader(
         ds, batch_size=tp.per_device_batch_size, shuffle=True, generator=g, collate_fn=collator, drop_last=False
@@ -127,9 +127,11 @@ def worker(job: dict) -> None:
     ds = sft_dataset(rd.dataset(mp.name))
     dtype = next(model.parameters()).dtype
     collator = _Counting(
-        sft.PackedCollator(tokenizer.pad_token_id, attn_implementation=mp.attn_implementation or "sdpa", dtype=dtype)
+        packing.PackedCollator(
+            tokenizer.pad_token_id, attn_implementation=mp.attn_implementation or "sdpa", dtype=dtype
+        )
         if "seq_lens" in ds.column_names
-        else sft.PaddedCollator(tokenizer)
+        else packing.PaddedCollator(tokenizer)
     )
     loader = _loader(ds, tp, collator, params.seed)
     full_size = sum(p.numel() for p in model.parameters())

@@ -7,7 +7,7 @@ from conftest import SAMPLES
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from benchmarks import stanford
-from llm4academic import sft
+from llm4academic import packing, sft
 from llm4academic.data.formats import RECORD_FEATURES, load_file
 
 ALPACA = SAMPLES / "alpaca" / "alpaca_data.first1825.json"
@@ -171,7 +171,7 @@ def test_seq2seq_path_on_tiny_t5(tok, tiny_models, mixed):
     assert first["labels"] == (t(r0["output"], add_special_tokens=False)["input_ids"] + [t.eos_token_id])[:128]
     assert all(r["labels"][-1] == t.eos_token_id for r in rows(out, "labels") if len(r["labels"]) < 128)
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models("t5"))
-    batch = sft.PaddedCollator(t)(rows(out.select(range(4)), "input_ids", "attention_mask", "labels"))
+    batch = packing.PaddedCollator(t)(rows(out.select(range(4)), "input_ids", "attention_mask", "labels"))
     with torch.no_grad():
         assert torch.isfinite(model(**batch).loss)
 
@@ -185,7 +185,7 @@ def llama_examples(tok, mixed):
 
 
 def test_packed_rows_keep_examples_whole_and_restart_positions(llama_examples):
-    packed, report = sft.pack(llama_examples, 256)
+    packed, report = packing.pack(llama_examples, 256)
     original = [tuple(r["input_ids"]) for r in rows(llama_examples, "input_ids")]
     pieces = []
     for row in rows(packed, "input_ids", "labels", "position_ids", "seq_lens"):
@@ -203,7 +203,7 @@ def test_packed_rows_keep_examples_whole_and_restart_positions(llama_examples):
 
 def test_pack_counts_what_it_drops(llama_examples):
     lengths = [len(x) for x in llama_examples.select_columns(["input_ids"]).to_dict()["input_ids"]]
-    packed, report = sft.pack(llama_examples, 120, drop_last_partial=True)
+    packed, report = packing.pack(llama_examples, 120, drop_last_partial=True)
     too_long = [n for n in lengths if n > 120]
     assert report.dropped_examples >= len(too_long) and report.dropped_tokens >= sum(too_long)
     assert report.examples + report.dropped_examples == len(lengths)
@@ -231,9 +231,9 @@ def test_packed_loss_equals_unpacked_mean(arch, attn, tiny_models, tok, mixed):
     examples, _ = sft.tokenize_records(some, t, "alpaca", 256)
     model = AutoModelForCausalLM.from_pretrained(tiny_models(arch), attn_implementation=attn).eval()
     expected, solo_logits = unpacked_loss(model, rows(examples, "input_ids", "labels"))
-    packed, _ = sft.pack(examples, 512)
+    packed, _ = packing.pack(examples, 512)
     features = rows(packed, "input_ids", "labels", "position_ids", "seq_lens")
-    batch = sft.PackedCollator(t.pad_token_id)(features)
+    batch = packing.PackedCollator(t.pad_token_id)(features)
     assert batch["attention_mask"].shape == (len(features), 1, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
     with torch.no_grad():
         out = model(**batch)
@@ -257,8 +257,8 @@ def _spans(lens):
 
 def test_mask_convention_additive_float_not_bool(tiny_models, tok, llama_examples):
     """transformers 5 passes a 4D mask through as is: SDPA reads bool as 'True = attend', eager adds it."""
-    packed, _ = sft.pack(llama_examples.select(range(8)), 256)
-    batch = sft.PackedCollator(0)(rows(packed, "input_ids", "labels", "position_ids", "seq_lens"))
+    packed, _ = packing.pack(llama_examples.select(range(8)), 256)
+    batch = packing.PackedCollator(0)(rows(packed, "input_ids", "labels", "position_ids", "seq_lens"))
     mask = batch["attention_mask"]
     assert mask.dtype == torch.float32 and set(mask.unique().tolist()) == {0.0, torch.finfo(torch.float32).min}
     as_bool = {**batch, "attention_mask": mask == 0}
@@ -270,15 +270,17 @@ def test_mask_convention_additive_float_not_bool(tiny_models, tok, llama_example
     torch.testing.assert_close(out["sdpa", "float"], out["eager", "float"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["sdpa", "bool"], out["sdpa", "float"], atol=1e-5, rtol=1e-5)
     assert not torch.allclose(out["eager", "bool"], out["eager", "float"], atol=1e-3)  # bool under eager: wrong
-    bf16 = sft.PackedCollator(0, dtype=torch.bfloat16)(rows(packed, "input_ids", "labels", "position_ids", "seq_lens"))
+    bf16 = packing.PackedCollator(0, dtype=torch.bfloat16)(
+        rows(packed, "input_ids", "labels", "position_ids", "seq_lens")
+    )
     assert bf16["attention_mask"].dtype == torch.bfloat16
 
 
 def test_flatten_for_flash_layout_and_llama_equivalence(tiny_models, tok, llama_examples):
     examples = llama_examples.select(range(12))
-    packed, _ = sft.pack(examples, 256)
+    packed, _ = packing.pack(examples, 256)
     features = rows(packed, "input_ids", "labels", "position_ids", "seq_lens")
-    flat = sft.PackedCollator(0, attn_implementation="flash_attention_2")(features)
+    flat = packing.PackedCollator(0, attn_implementation="flash_attention_2")(features)
     lens = [n for f in features for n in f["seq_lens"]]
     assert flat["input_ids"].shape == flat["position_ids"].shape == flat["labels"].shape == (1, sum(lens))
     assert flat["cu_seq_lens_q"].tolist() == [sum(lens[:i]) for i in range(len(lens) + 1)]
@@ -296,15 +298,15 @@ def test_flatten_for_flash_layout_and_llama_equivalence(tiny_models, tok, llama_
 def test_bloom_cannot_pack_but_pads_exactly(tiny_models, tok, mixed):
     t = tok("bloom")
     model = AutoModelForCausalLM.from_pretrained(tiny_models("bloom")).eval()
-    assert "ALiBi" in sft.packing_problem(model.config)
-    assert sft.packing_problem(AutoModelForCausalLM.from_pretrained(tiny_models("opt")).config) is None
+    assert "ALiBi" in packing.packing_problem(model.config)
+    assert packing.packing_problem(AutoModelForCausalLM.from_pretrained(tiny_models("opt")).config) is None
     examples, _ = sft.tokenize_records(mixed.select(range(16)), t, "alpaca", 256)
-    packed, _ = sft.pack(examples, 256)
+    packed, _ = packing.pack(examples, 256)
     with pytest.raises(ValueError), torch.no_grad():  # BLOOM's ALiBi needs a 2D mask: no silent leak
-        model(**sft.PackedCollator(t.pad_token_id)(rows(packed, "input_ids", "labels", "position_ids", "seq_lens")))
+        model(**packing.PackedCollator(t.pad_token_id)(rows(packed, "input_ids", "labels", "position_ids", "seq_lens")))
     expected, _ = unpacked_loss(model, rows(examples, "input_ids", "labels"))
     with torch.no_grad():
-        loss = model(**sft.PaddedCollator(t)(rows(examples, "input_ids", "labels"))).loss
+        loss = model(**packing.PaddedCollator(t)(rows(examples, "input_ids", "labels"))).loss
     assert loss.item() == pytest.approx(expected, rel=1e-4)
 
 
@@ -317,33 +319,33 @@ def test_padded_collator_shapes(tok):
         {"input_ids": [1, 5, 6], "labels": [-100, 5, 6]},
         {"input_ids": [1, 7, 8, 9, 2], "labels": [-100] * 4 + [2]},
     ]
-    batch = sft.PaddedCollator(t)(feats)
+    batch = packing.PaddedCollator(t)(feats)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape == (2, 5)
     assert batch["input_ids"][0].tolist() == [1, 5, 6, 0, 0] and batch["labels"][0].tolist() == [-100, 5, 6, -100, -100]
     assert batch["attention_mask"].sum(1).tolist() == [3, 5]
-    assert sft.PaddedCollator(t, pad_to_multiple_of=8)(feats)["input_ids"].shape == (2, 8)
+    assert packing.PaddedCollator(t, pad_to_multiple_of=8)(feats)["input_ids"].shape == (2, 8)
     s2s = [
         {"input_ids": [5, 2], "attention_mask": [1, 1], "labels": [7, 8, 9, 2]},
         {"input_ids": [5, 6, 7, 2], "attention_mask": [1] * 4, "labels": [2]},
     ]
-    batch = sft.PaddedCollator(t)(s2s)
+    batch = packing.PaddedCollator(t)(s2s)
     assert batch["input_ids"].shape == (2, 4) and batch["labels"].shape == (2, 4)
     assert batch["labels"][1].tolist() == [2, -100, -100, -100]
 
 
 def test_length_grouped_batches():
     lengths = [(i * 37) % 101 + 1 for i in range(250)]
-    batches = sft.length_grouped_batches(lengths, 8, seed=3)
+    batches = packing.length_grouped_batches(lengths, 8, seed=3)
     assert sorted(i for b in batches for i in b) == list(range(250))
-    assert batches == sft.length_grouped_batches(lengths, 8, seed=3)
+    assert batches == packing.length_grouped_batches(lengths, 8, seed=3)
     assert max(lengths) in [lengths[i] for i in batches[0]]
-    assert sft.token_efficiency([[lengths[i] for i in b] for b in batches]) > 0.9
+    assert packing.token_efficiency([[lengths[i] for i in b] for b in batches]) > 0.9
 
 
 def test_token_efficiency_arithmetic():
-    assert sft.token_efficiency([[3, 5], [4]]) == pytest.approx(12 / 14)
-    assert sft.token_efficiency([[7, 8]], row_length=10) == pytest.approx(0.75)
-    assert sft.token_efficiency([]) == 0.0
+    assert packing.token_efficiency([[3, 5], [4]]) == pytest.approx(12 / 14)
+    assert packing.token_efficiency([[7, 8]], row_length=10) == pytest.approx(0.75)
+    assert packing.token_efficiency([]) == 0.0
 
 
 def test_packing_efficiency_on_the_shipped_samples(tok):
@@ -351,8 +353,10 @@ def test_packing_efficiency_on_the_shipped_samples(tok):
     ds = datasets.concatenate_datasets(parts)
     examples, report = sft.tokenize_records(ds, tok("llama"), "alpaca", 512)
     lengths = [len(x) for x in examples.select_columns(["input_ids"]).to_dict()["input_ids"]]
-    _, packed = sft.pack(examples, 512)
-    padded = sft.token_efficiency([[lengths[i] for i in b] for b in sft.random_batches(len(lengths), 8, seed=0)])
+    _, packed = packing.pack(examples, 512)
+    padded = packing.token_efficiency(
+        [[lengths[i] for i in b] for b in packing.random_batches(len(lengths), 8, seed=0)]
+    )
     assert report.kept == len(lengths) > 4500
     assert packed.efficiency >= 0.9 and packed.tokens == report.tokens
     assert 0.3 < padded < packed.efficiency
