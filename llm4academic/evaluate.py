@@ -1,5 +1,5 @@
 """The evaluation step: Z-Bench prompts → answers of every studied model (base and tuned, cached, generate.py)
-→ reference scores (scoring.py) → the seed's side-by-side CSVs and a long table of scores.
+→ reference scores (scoring/) → the seed's side-by-side CSVs and a long table of scores.
 
 Writes into the run directory's evaluate folder (``RunDir.evaluate_dir``): per split the seed's layout (``Prompt,
 任务类型, 参考回答`` and one column per model — the studied models next to the 14 reference models), the ``scores``

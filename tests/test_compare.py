@@ -1,4 +1,4 @@
-"""compare.py on fixtures of scores: primary scores, leaderboard order and CIs, deltas, findings, the refusal of
+"""compare/ on fixtures of scores: primary scores, leaderboard order and CIs, deltas, findings, the refusal of
 incomparable studies, and escaping of real Z-Bench answers that contain <script>."""
 
 import json
@@ -280,7 +280,7 @@ def test_headline_and_artifacts(tmp_path):
 
 
 def test_compare_sits_below_the_runner_and_the_trainer():
-    """DESIGN: compare.py never imports train.py (nor torch), and the runner (pipeline.py) sits above it."""
+    """DESIGN: compare/ never imports train.py (nor torch), and the runner (pipeline.py) sits above it."""
     import subprocess
     import sys
 

@@ -172,6 +172,27 @@ def test_every_import_is_an_edge_design_allows(allowed):
     assert not problems, "\n".join(problems)
 
 
+def used_edges() -> dict[str, set[str]]:
+    """The edges the code has: ``{importer: kit modules it imports}``."""
+    known = package_modules()
+    edges: dict[str, set[str]] = {}
+    for relpath, src in sources():
+        importer = module_of(relpath)
+        for imported, _, _ in kit_imports(src, relpath, known):
+            if imported not in (importer, ROOT_MODULE):
+                edges.setdefault(importer, set()).add(imported)
+    return edges
+
+
+def test_design_lists_no_edge_the_code_does_not_have(allowed):
+    """DESIGN.md's block is the code's picture: an allowed edge nobody uses is stale, and so is a listed module
+    that no longer exists."""
+    used = used_edges()
+    stale = sorted(f"{m} → {a}" for m, names in allowed.items() for a in names - {"*"} if a not in used.get(m, set()))
+    gone = sorted(set(allowed) - package_modules())
+    assert not stale and not gone, f"stale edges: {stale}; modules that do not exist: {gone}"
+
+
 def test_cli_and_pipeline_sit_on_top(allowed):
     """Nothing imports the CLI; only modules whose DESIGN line names it import the runner."""
     known = package_modules() | set(allowed)
