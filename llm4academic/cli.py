@@ -25,7 +25,7 @@ models_app = typer.Typer(no_args_is_help=True, help="Offline models for tests an
 app.add_typer(models_app, name="models")
 data_app = typer.Typer(no_args_is_help=True, help="Instruction datasets: catalogue, formats, inspection.")
 app.add_typer(data_app, name="data")
-zbench_app = typer.Typer(no_args_is_help=True, help="Z-Bench: the 14 reference models' leaderboard.")
+zbench_app = typer.Typer(no_args_is_help=True, help="Z-Bench: the 14 reference models' leaderboard, the answer key.")
 app.add_typer(zbench_app, name="zbench")
 
 SetOpt = Annotated[
@@ -174,6 +174,25 @@ def zbench_leaderboard(
         ci=[f"[{a:.2f}, {b:.2f}]" for a, b in zip(table["ci_low"], table["ci_high"], strict=True)],
     )
     typer.echo(shown[["split", "scorer", "model", "n", "coverage", "score", "ci"]].to_string(index=False))
+
+
+@zbench_app.command("key")
+def zbench_key(
+    files: Annotated[
+        list[Path] | None, typer.Argument(help="answer key files to check (default: the shipped key)")
+    ] = None,
+    as_json: JsonOpt = False,
+):
+    """Check Z-Bench's answer key (every referenced item once, entries that fit their type) and show what it holds."""
+    from .answer_key import load_answer_key, summary
+
+    with user_errors():
+        key = load_answer_key(files or None, complete=not files)
+    if as_json:
+        typer.echo(key.frame().to_json(orient="records", force_ascii=False, indent=2))
+        return
+    typer.echo(summary(key).to_string())
+    typer.echo(f"{len(key)} entries, {len(key.flagged)} flagged (reference kept, reason given)")
 
 
 @app.command()
