@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 import yaml
 
@@ -159,21 +160,49 @@ def bench_harness():
 
 @zbench_app.command("leaderboard")
 def zbench_leaderboard(
-    split: Annotated[list[str] | None, typer.Option(help="basic, advanced or domain")] = None, as_json: JsonOpt = False
+    split: Annotated[list[str] | None, typer.Option(help="basic, advanced or domain")] = None,
+    by_scorer: Annotated[bool, typer.Option("--by-scorer", help="one row per model, split and scorer")] = False,
+    as_json: JsonOpt = False,
 ):
-    """Score the 14 reference models' shipped Z-Bench answers with the reference scorers (with CIs, coverage)."""
+    """The 14 reference models on their shipped Z-Bench answers: per model the primary (answer-key) score per split
+    and overall with a 95 % bootstrap interval and the rank; --by-scorer for every reference scorer with coverage."""
     from .scoring import leaderboard, leaderboard_json
+    from .scoring.board import headline
 
     with user_errors():
-        if as_json:
+        if by_scorer and as_json:
             typer.echo(json.dumps(leaderboard_json(split or None), indent=2, ensure_ascii=False))
             return
-        table = leaderboard(split or None)
-    shown = table.assign(
-        score=table["score"].round(3),
-        ci=[f"[{a:.2f}, {b:.2f}]" for a, b in zip(table["ci_low"], table["ci_high"], strict=True)],
+        table = leaderboard(split or None) if by_scorer else headline(split or None)
+    if by_scorer:
+        shown = table.assign(
+            score=table["score"].round(3),
+            ci=[f"[{a:.2f}, {b:.2f}]" for a, b in zip(table["ci_low"], table["ci_high"], strict=True)],
+        )
+        typer.echo(shown[["split", "scorer", "model", "n", "coverage", "score", "ci"]].to_string(index=False))
+        return
+    splits = table.attrs["headline"]["splits"]
+    if as_json:
+        records = [
+            {"model": r["model"], **{sp: {k: _num(r[f"{sp}.{k}"]) for k in ("score", "ci_low", "ci_high", "rank", "n")}
+                                     for sp in splits}}
+            for r in table.to_dict("records")
+        ]  # fmt: skip
+        typer.echo(json.dumps(records, indent=2, ensure_ascii=False))
+        return
+    shown = pd.DataFrame({"model": table["model"]})
+    for sp in splits:
+        shown[sp] = [f"{s:.3f} [{lo:.2f}, {hi:.2f}] #{int(rk)}" for s, lo, hi, rk in
+                     zip(table[f"{sp}.score"], table[f"{sp}.ci_low"], table[f"{sp}.ci_high"], table[f"{sp}.rank"],
+                         strict=True)]  # fmt: skip
+    typer.echo(
+        f"primary score (answer key; {int(table[f'{splits[-1]}.n'].max())} keyed items), 95 % bootstrap CI, rank"
     )
-    typer.echo(shown[["split", "scorer", "model", "n", "coverage", "score", "ci"]].to_string(index=False))
+    typer.echo(shown.to_string(index=False))
+
+
+def _num(value):
+    return round(float(value), 4) if isinstance(value, float) and not float(value).is_integer() else int(value)
 
 
 @zbench_app.command("key")
@@ -193,6 +222,33 @@ def zbench_key(
         return
     typer.echo(summary(key).to_string())
     typer.echo(f"{len(key)} entries, {len(key.flagged)} flagged (reference kept, reason given)")
+
+
+@zbench_app.command("validate")
+def zbench_validate(as_json: JsonOpt = False):
+    """How far the keyed scorer can be trusted: agreement with the labelled development set (357 answers of the
+    reference models other than GPT4, GPT3.5 and moss) and the adversarial baselines (echo, continuation, …)."""
+    from .scoring.validate import adversarial, agreement, load_devset
+
+    with user_errors():
+        agree, held_out, baselines = agreement(), agreement(devset=load_devset(held_out=True)), adversarial()
+    if as_json:
+        report = {"agreement": agree.to_dict(), "held_out": held_out.to_dict(),
+                  "baselines": baselines.to_dict(orient="records")}  # fmt: skip
+        typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        return
+    typer.echo(
+        f"agreement with the development set: {agree.agreement:.3f} on {agree.n} answers labelled correct or "
+        f"incorrect (skipped: {agree.skipped})"
+    )
+    typer.echo(agree.by_type.round(3).to_string(index=False))
+    typer.echo(agree.confusion.to_string())
+    typer.echo(f"\nheld-out check (GPT4, GPT3.5, moss; labelled without the key, never used for tuning): "
+               f"{held_out.agreement:.3f} on {held_out.n} answers")  # fmt: skip
+    typer.echo("\nadversarial baselines (mean keyed score; the bare reference should score ~1, the rest ~0):")
+    typer.echo(
+        baselines.assign(score=baselines["score"].round(3))[["baseline", "items", "score"]].to_string(index=False)
+    )
 
 
 @app.command()

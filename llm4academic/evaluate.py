@@ -10,6 +10,7 @@ cache reports). Answers are cached in ``RunDir.generations``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -75,14 +76,17 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
         )
         frames.append(df.merge(zb[["item_id", "split"]], on="item_id"))
         reports.append(rep.to_dict())
-    ours = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["item_id", "split", "model"])
-    theirs = answers_long(zb)
-    answers = pd.concat(
-        [ours[["item_id", "split", "model", "answer"]], theirs[["item_id", "split", "model", "answer"]]],
-        ignore_index=True,
+    ours = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["item_id", "split", "model", "answer", "template", "finish_reason", "truncated"])
     )
+    theirs = answers_long(zb).assign(finish_reason="", truncated=False)  # shipped answers: not generated here
+    cols = ["item_id", "split", "model", "answer", "finish_reason", "truncated"]  # truncated: cut at max_new_tokens
+    answers = pd.concat([ours[cols], theirs[cols]], ignore_index=True).astype({"truncated": bool})
     scores = scoring.score_answers(answers, zb, ev.scorers, progress=progress)
-    judged = run_judge(params, ours, zb, progress) if ev.judge.model and len(ours) else {}
+    judging = (ev.judge.model or ev.judge.endpoint) and len(ours)
+    judged, judge_info = run_judge(params, ours, zb, progress, run_dir) if judging else ({}, None)
     if judged:
         scores = pd.concat([scores, *(f[list(scoring.SCORE_COLUMNS)] for f in judged.values())], ignore_index=True)
     summary = scoring.aggregate(scores, ("model", "split", "scorer"), seed=params.seed, zbench=zb)
@@ -102,10 +106,13 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
         "limit": ev.limit,
         "item_ids": list(zb["item_id"]),
         "generation": gen.decoding(),
+        "backend": ev.backend,
+        "templates": ours.groupby("model", sort=False)["template"].first().to_dict(),  # per studied model
         "scorers": list(ev.scorers),
+        "scorer_version": scoring.SCORER_VERSION,
         "cache": reports,
         "files": [str(f) for f in files],
-        "judge": ev.judge.model_dump() if judged else None,
+        "judge": judge_info,
     }
     if "pairwise" in judged:
         info["pairwise"] = scoring.pairwise_summary(judged["pairwise"]).to_dict(orient="records")
@@ -121,17 +128,61 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
     }
 
 
-def run_judge(params: StudyParams, answers, zb, progress: bool) -> dict:
+def run_judge(params: StudyParams, answers, zb, progress: bool, run_dir: str | Path | None = None) -> tuple[dict, dict]:
     """``evaluate.judge``: grade the studied models' answers 1-10 and, with a ``baseline``, judge each against the
-    baseline's answer in both orders (order-inconsistent verdicts count as ties and are reported)."""
+    baseline's answer in both orders (order-inconsistent verdicts count as ties and are reported) — with a local
+    model (``judge.model``) or through an OpenAI-compatible server (``judge.endpoint``: replies cached in
+    ``RunDir.judge_cache``; a reply that failed or did not parse leaves its row out and is listed). Returns the tables
+    and evaluate.json's judge section: the params (the key's variable name, never a key), request counts, failures,
+    and the judge's position, length and self-preference biases."""
     jp = params.evaluate.judge
-    named = next((m for m in params.models if m.name == jp.model), None)
-    path = resolve_model_path(named.path if named else jp.model)
-    judge = scoring.Judge(path, trust_remote_code=bool(named and named.trust_remote_code))
-    out = {"judge": scoring.judge_scores(answers, judge, zb, progress=progress)}
-    if jp.baseline:
-        out["pairwise"] = scoring.pairwise_scores(answers, judge, jp.baseline, zb, progress=progress)
-    return out
+    if jp.endpoint:
+        judge = scoring.EndpointJudge(
+            jp.endpoint,
+            jp.endpoint_model,
+            api_key_env=jp.api_key_env,
+            concurrency=jp.concurrency,
+            timeout_s=jp.timeout_s,
+            max_retries=jp.max_retries,
+            logprobs=jp.logprobs,
+            cache=RunDir(run_dir).judge_cache if run_dir is not None else None,
+        )
+        out = {"judge": scoring.endpoint_judge_scores(answers, judge, zb, progress=progress)}
+        if jp.baseline:
+            out["pairwise"] = scoring.endpoint_pairwise_scores(answers, judge, jp.baseline, zb, progress=progress)
+        own = jp.endpoint_model
+    else:
+        named = next((m for m in params.models if m.name == jp.model), None)
+        path = resolve_model_path(named.path if named else jp.model)
+        judge = scoring.Judge(path, trust_remote_code=bool(named and named.trust_remote_code))
+        out = {"judge": scoring.judge_scores(answers, judge, zb, progress=progress)}
+        if jp.baseline:
+            out["pairwise"] = scoring.pairwise_scores(answers, judge, jp.baseline, zb, progress=progress)
+        own = path
+
+    def same(a: str, b: str) -> bool:
+        return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
+
+    studied = evaluated_models(params, run_dir) if run_dir is not None else list(params.models)
+    self_models = [m.name for m in studied if any(same(own, a) for a in (m.name, m.path, resolve_model_path(m.path)))]
+    failures = [f for frame in out.values() for f in frame.attrs.get("failures", [])]
+    reasons = pd.Series([f["reason"] for f in failures], dtype=object).value_counts().to_dict()
+    if failures:
+        warnings.warn(
+            f"the judge left {len(failures)} request(s) unscored ({', '.join(f'{k}: {v}' for k, v in reasons.items())})"
+            "; each is listed in the evaluate info's judge.failures",
+            stacklevel=2,
+        )
+    info = {
+        **jp.model_dump(),
+        "name": judge.name,
+        "scored": {name: len(frame) for name, frame in out.items()},
+        "requests": {name: frame.attrs["requests"] for name, frame in out.items() if "requests" in frame.attrs},
+        "unscored": reasons,
+        "failures": failures,
+        **scoring.judge_report(answers, out["judge"], out.get("pairwise"), self_models=self_models),
+    }
+    return out, info
 
 
 def write_seed_csvs(zb, answers, run_dir: str | Path | RunDir, study_models: list[str]) -> list[Path]:

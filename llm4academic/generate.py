@@ -12,10 +12,11 @@ decodes as it would alone), encoder inputs on the right. Results come back in th
 (``GenParams``, defined with the runners and re-exported here): greedy by default; with ``do_sample`` each prompt draws
 from its own generator seeded by ``(seed, prompt)`` after temperature and top-p, so a sample does not depend on the
 batch it falls in, on the batch size or on an interrupted run. Generation stops at the tokenizer's EOS id (the id
-``sft`` puts after every reply) or after ``max_new_tokens``. The model's own ``generation_config.json`` (sampling
-defaults, penalties…) is not used: every model decodes with the same recorded settings. A prompt longer than the model's
-context minus ``max_new_tokens`` keeps its leading special tokens and its end (the template's ``### Response:``) and is
-flagged ``prompt_truncated``.
+``sft`` puts after every reply) or after ``max_new_tokens``: each row says which (``finish_reason``: ``eos`` or
+``length``) and whether the answer was cut (``truncated``: ``length``; derived, not stored in the cache). The model's
+own ``generation_config.json`` (sampling defaults, penalties…) is not used: every model decodes with the same recorded
+settings. A prompt longer than the model's context minus ``max_new_tokens`` keeps its leading special tokens and its
+end (the template's ``### Response:``) and is flagged ``prompt_truncated``.
 
 Cache (``answer_cache.py``): one JSONL file per model identity under ``out_dir`` (the caller's folder), a row per
 prompt keyed by the model identity, prompt text, template, dtype, backend and decoding settings, appended after every
@@ -206,7 +207,7 @@ def generate_answers(
     report.dropped_partial_line, report.duplicate_lines = cached.partial, cached.duplicates
 
     rows = [
-        {**cached.rows[k], "item_id": item_id, "model": mp.name}
+        {**cached.rows[k], "item_id": item_id, "model": mp.name, "truncated": is_truncated(cached.rows[k])}
         for k, item_id in zip(keys, items["item_id"], strict=True)
         if k in cached.rows
     ]
@@ -216,6 +217,12 @@ def generate_answers(
     df = pd.DataFrame(rows, columns=ROW_COLUMNS)
     df.attrs["generation"] = report.to_dict()
     return df, report
+
+
+def is_truncated(row: dict) -> bool:
+    """Whether an answer was cut: generation stopped at ``max_new_tokens`` (``finish_reason == "length"``), not at
+    EOS. An answer whose EOS is exactly its ``max_new_tokens``-th token ended on its own: not truncated."""
+    return row.get("finish_reason") == "length"
 
 
 ROW_COLUMNS = (
@@ -235,6 +242,7 @@ ROW_COLUMNS = (
     "prompt_truncated",
     "new_tokens",
     "finish_reason",
+    "truncated",
     "seconds",
     "versions",
     "created",

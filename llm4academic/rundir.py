@@ -12,6 +12,7 @@ This module is the only place that spells a path inside a run directory; everyth
         <model>/           dataset/ · data_stats.json · fsdp.json · metrics.jsonl · tensorboard/ ·
                            checkpoint-<step>/ · final/ · summary.json         train (train.py)
       artifacts/generations/  <model>-<hash>.jsonl (the answer cache)      evaluate (generate.py)
+      artifacts/judge_cache.jsonl  the endpoint judge's replies            evaluate (scoring/endpoint.py)
       artifacts/evaluate/  evaluate.json · scores|answers|judge|pairwise.parquet · summary.csv · by_tag.csv ·
                            zbench_<split>.csv                                evaluate (evaluate.py)
       artifacts/compare/   headline.json · leaderboard.png · <table>.csv     compare (compare/)
@@ -46,6 +47,7 @@ COMPARE_TABLES: tuple[str, ...] = (
     "length_bias",
     "primary_scores",
     "judge_agreement",
+    "truncation",
 )  # CSV, under artifacts/compare/
 
 
@@ -183,6 +185,11 @@ class RunDir:
     def generations(self) -> Path:
         """The answer cache: one JSONL file per model identity (generate.py)."""
         return self.artifacts / "generations"
+
+    @property
+    def judge_cache(self) -> Path:
+        """The endpoint judge's replies: one JSONL row per request (scoring/verdict_cache.py's ``VerdictCache``)."""
+        return self.artifacts / "judge_cache.jsonl"
 
     @property
     def evaluate_dir(self) -> Path:

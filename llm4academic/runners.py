@@ -83,7 +83,9 @@ def _context_limit(model, tokenizer, seq2seq: bool) -> int | None:
 
 
 def _finish(new: list[int], eos: int) -> tuple[list[int], str]:
-    """New ids up to and including the first EOS (padding after it dropped), and why generation stopped."""
+    """New ids up to and including the first EOS (padding after it dropped), and why generation stopped: ``eos``
+    whenever the new ids hold the EOS id — also when it is exactly the ``max_new_tokens``-th id (the answer ended on its
+    own, it was not cut) — else ``length`` (cut at ``max_new_tokens``: ``truncated`` downstream)."""
     if eos in new:
         return new[: new.index(eos) + 1], "eos"
     return new, "length"
@@ -208,6 +210,8 @@ class VllmRunner:
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in batch], params, use_tqdm=False)
         results = []
         for o in outs:
+            # read from the ids first: an EOS that is the max_tokens-th id may finish as "length" in vLLM (its
+            # length check can come before its stop check); it ended on its own all the same
             new, finish = _finish(list(o.outputs[0].token_ids), self.eos)
             if finish == "length" and o.outputs[0].finish_reason == "stop":  # the stop id left out of token_ids
                 new, finish = new + [self.eos], "eos"

@@ -61,8 +61,17 @@ def test_models_catalog():
     assert {c["name"] for c in cards} == {"llama", "bloom", "opt", "t5", "glm", "chatglm"}
 
 
+def test_zbench_leaderboard_headline_json():
+    r = cli("zbench", "leaderboard", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert len(rows) == 14 and rows[0]["model"] == "GPT4" and rows[0]["overall"]["rank"] == 1
+    assert set(rows[0]) == {"model", "basic", "advanced", "domain", "overall"}
+    assert set(rows[0]["overall"]) == {"score", "ci_low", "ci_high", "rank", "n"}
+
+
 def test_zbench_leaderboard_json_schema():
-    r = cli("zbench", "leaderboard", "--split", "domain", "--json")
+    r = cli("zbench", "leaderboard", "--split", "domain", "--by-scorer", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert rows and all(set(row) >= {"model", "split", "scorer", "n", "score", "ci_low", "ci_high"} for row in rows)

@@ -10,7 +10,7 @@ import pytest
 
 from llm4academic import compare
 from llm4academic.compare import CompareError
-from llm4academic.scoring import bootstrap_ci, group_rng
+from llm4academic.scoring import SCORER_VERSION, bootstrap_ci, group_rng
 from llm4academic.zbench import answers_long, load_zbench
 
 ITEMS = [
@@ -44,9 +44,12 @@ def make_study(
     scorers=("contains", "rouge_l"),
     seed=7,
     answers: dict[str, str] | None = None,
+    truncated: dict[str, list[bool]] | None = None,
+    info: dict | None = None,
 ):
     """A finished study's report folder: manifest + evaluate artifacts (studied models' scores given, the 14
-    reference models scored for real by the kit's scorers on the same items)."""
+    reference models scored for real by the kit's scorers on the same items). ``truncated``: per model, each
+    answer's flag (with its finish_reason); ``info``: more evaluate.json fields (generation, backend, …)."""
     from llm4academic.scoring import score_answers
 
     run = root / name
@@ -61,6 +64,9 @@ def make_study(
         [(i, i.split("-")[0], m, (answers or {}).get(m, f"answer of {m} to {i}")) for m in ours for i in items],
         columns=["item_id", "split", "model", "answer"],
     )
+    if truncated is not None:
+        ans["truncated"] = [bool(t) for m in ours for t in truncated[m]]
+        ans["finish_reason"] = ans["truncated"].map({True: "length", False: "eos"})
     ans.to_parquet(ev / "answers.parquet", index=False)
     (ev / "evaluate.json").write_text(
         json.dumps(
@@ -72,6 +78,7 @@ def make_study(
                 "item_ids": list(items),
                 "generation": {"do_sample": False},
                 "judge": None,
+                **(info or {}),
             }
         )
     )
@@ -290,3 +297,150 @@ def test_compare_sits_below_the_runner_and_the_trainer():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+CUT = {  # basic ×4, advanced ×4, domain ×2 (ITEMS)
+    "good": [1, 0, 0, 0, 1, 1, 0, 0, 0, 0],  # basic 1/4, advanced 2/4, domain 0/2, overall 3/10
+    "bad": [0, 0, 0, 0, 0, 0, 0, 0, 1, 1],  # domain 2/2, overall 2/10
+}
+
+
+def test_truncation_per_model_and_split(tmp_path):
+    run = make_study(tmp_path, "a", {"good": GOOD, "bad": BAD}, truncated=CUT)
+    c = compare.compare([run], n_boot=100)
+    t = c.truncation
+    assert list(t.columns) == ["model", "split", "n", "truncated", "rate"]
+    assert t.values.tolist() == [
+        ["good", "basic", 4, 1, 0.25],
+        ["good", "advanced", 4, 2, 0.5],
+        ["good", "domain", 2, 0, 0.0],
+        ["good", "overall", 10, 3, 0.3],
+        ["bad", "basic", 4, 0, 0.0],
+        ["bad", "advanced", 4, 0, 0.0],
+        ["bad", "domain", 2, 2, 1.0],
+        ["bad", "overall", 10, 2, 0.2],
+    ]
+    written = compare.write_artifacts(c, run)
+    csv = run / "artifacts" / "compare" / "truncation.csv"
+    assert csv in written and pd.read_csv(csv).values.tolist() == t.values.tolist()
+    h = json.loads((run / "artifacts" / "compare" / "headline.json").read_text())
+    share = {r["model"]: r["truncated"] for r in h["rows"]}
+    assert (share["good"], share["bad"], share["GPT4"]) == (0.3, 0.2, None)  # reference answers: not generated here
+    # older answers tables: finish_reason alone still tells; without either the flag is unknown (no rows)
+    answers = pd.read_parquet(run / "artifacts" / "evaluate" / "answers.parquet")
+    pd.testing.assert_frame_equal(compare.truncation(answers.drop(columns="truncated")), compare.truncation(answers))
+    assert compare.truncation(answers.drop(columns=["truncated", "finish_reason"])).empty
+    assert compare.truncation(answers.assign(finish_reason="").drop(columns="truncated")).empty
+    old = compare.compare([make_study(tmp_path, "old", {"good": GOOD})], n_boot=100)
+    assert old.truncation.empty and all(r["truncated"] is None for r in compare.headline(old)["rows"])
+
+
+SETTINGS = {
+    "generation": {"max_new_tokens": 128, "do_sample": False},
+    "backend": "transformers",
+    "templates": {"m": "alpaca", "m-tuned": "alpaca"},
+}
+
+
+def _settings(**changes):
+    return {**SETTINGS, "scorer_version": SCORER_VERSION, **changes}
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (
+            {"generation": {"max_new_tokens": 64, "do_sample": False}},
+            r"studies 'a' and 'b' generated with different max_new_tokens \(128 vs 64\): answers cut at different "
+            r"lengths do not compare; set the same evaluate\.max_new_tokens and rerun the evaluate step",
+        ),
+        (
+            {"generation": {"max_new_tokens": 128, "do_sample": True, "temperature": 0.7, "top_p": 1.0, "seed": 7}},
+            r"studies 'a' and 'b' decoded differently \(do_sample False vs True\): set the same evaluate\.do_sample "
+            r"and rerun the evaluate step",
+        ),
+        (
+            {"backend": "vllm"},
+            r"studies 'a' and 'b' generated with different backends \(transformers vs vllm\): .*set the same "
+            r"evaluate\.backend",
+        ),
+        (
+            {"templates": {"m": "belle", "m-tuned": "belle", "other": "plain"}},
+            r"studies 'a' and 'b' prompted the same model\(s\) with different templates \(m: alpaca vs belle; "
+            r"m-tuned: alpaca vs belle\): set the same template for them \(models\[\]\.template",
+        ),
+        (
+            {"scorer_version": "0"},
+            rf"studies 'a' and 'b' were scored by different scorer versions \({SCORER_VERSION} vs 0\): rerun the "
+            r"evaluate step of "
+            r"b with this kit",
+        ),
+    ],
+    ids=["max_new_tokens", "decoding", "backend", "template", "scorer_version"],
+)
+def test_studies_generated_or_scored_differently_are_refused(tmp_path, changes, message):
+    a = make_study(tmp_path, "a", {"m": GOOD}, info=_settings())
+    b = make_study(tmp_path, "b", {"m": GOOD}, info=_settings(**changes))
+    with pytest.raises(CompareError, match=message):
+        compare.load_studies([a, b])
+    with pytest.raises(CompareError, match=message.replace("'a' and 'b'", "'c' and 'b'")):
+        compare.compare([make_study(tmp_path, "c", {"m": GOOD}, info=_settings()), b])
+
+
+def test_sampling_settings_and_unknown_settings(tmp_path):
+    sampling = {"max_new_tokens": 128, "do_sample": True, "temperature": 0.7, "top_p": 0.9, "seed": 1}
+    a = make_study(tmp_path, "a", {"m": GOOD}, info=_settings(generation=sampling))
+    b = make_study(tmp_path, "b", {"m": GOOD}, info=_settings(generation={**sampling, "temperature": 1.0, "seed": 2}))
+    with pytest.raises(
+        CompareError,
+        match=r"decoded differently \(temperature 0\.7 vs 1\.0\): set the same evaluate\.temperature and",
+    ):
+        compare.load_studies([a, b])
+    # another seed alone is the same decoding; other model names may use other templates
+    c = make_study(
+        tmp_path, "c", {"x": GOOD}, info=_settings(generation={**sampling, "seed": 3}, templates={"x": "belle"})
+    )
+    assert [s.name for s in compare.load_studies([a, c])] == ["a", "c"]
+    # an older study that recorded only do_sample (greedy): the rest is unknown, never a difference
+    old = make_study(tmp_path, "old", {"m": BAD})
+    greedy = {"max_new_tokens": 64, "do_sample": False}
+    d = make_study(tmp_path, "d", {"m": GOOD}, info=_settings(generation=greedy, backend="vllm", scorer_version="9"))
+    assert len(compare.load_studies([old, d])) == 2
+    with pytest.raises(CompareError, match=r"'old' and 'a' decoded differently \(do_sample False vs True\)"):
+        compare.load_studies([old, a])  # what it did record still counts
+    prov = compare.compare([old, d], n_boot=50).provenance.set_index("study")
+    assert (prov.loc["d", "backend"], prov.loc["d", "scorer_version"]) == ("vllm", "9")
+    assert pd.isna(prov.loc["old", "backend"])
+
+
+def test_index_page_shows_the_truncated_share_escaped(tmp_path):
+    from conftest import SMOKE
+
+    from llm4academic import pipeline
+    from llm4academic.config import load_params, resolved_dict
+
+    name = "<b>m</b>"
+    run = make_study(tmp_path, "a", {name: GOOD, "bad": BAD}, truncated={name: CUT["good"], "bad": CUT["bad"]})
+    compare.write_artifacts(compare.compare([run], n_boot=100), run)
+    manifest = {
+        "study": "a",
+        "params": resolved_dict(load_params(SMOKE)),
+        "seed": 7,
+        "git": {"sha": "a" * 40, "dirty": False},
+        **pipeline.environment_info(),
+        "params_path": "params/smoke.yaml",
+        "overrides": [],
+        "data_files": [],
+        "notebooks": [],
+        "started": "2024-01-01T00:00:00",
+        "ended": "2024-01-01T00:01:00",
+        "status": "ok",
+    }
+    page = pipeline.render_index(manifest, run)
+    table = page[page.index('<table id="leaderboard">') : page.index("</table>", page.index('id="leaderboard"'))]
+    assert '<th title="answers cut at max_new_tokens">truncated</th>' in table
+    assert "<b>m</b>" not in page and "&lt;b&gt;m&lt;/b&gt; ★" in table
+    rows = {r.split("</td>")[1]: r for r in table.split("<tr")[2:]}  # by the model cell
+    assert '<td class="num truncated">30.0 %</td>' in rows["<td><strong>&lt;b&gt;m&lt;/b&gt; ★</strong>"]
+    assert '<td class="num truncated">20.0 %</td>' in rows["<td><strong>bad ★</strong>"]
+    assert '<td class="num truncated">—</td>' in rows["<td>GPT4"]

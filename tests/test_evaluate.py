@@ -82,3 +82,28 @@ def test_judge_grades_and_pairwise_both_orders(tmp_path):
     assert set(summary) == {"tiny-llama", "tiny-bloom"} and all(0 <= r["position_bias"] <= 1 for r in summary.values())
     assert {"judge", "pairwise"} <= set(result["scores"]["scorer"])
     assert (tmp_path / "artifacts" / "evaluate" / "pairwise.parquet").is_file()
+
+
+def test_answers_say_whether_they_were_cut_and_scores_carry_it(evaluated):
+    """max_new_tokens=6 cuts the tiny models' answers: the answers table says so per answer, the scores carry the
+    flag (reference models' shipped answers: never cut), evaluate.json records what compare checks."""
+    from llm4academic.scoring import SCORER_VERSION
+
+    run_dir, result = evaluated
+    answers = pd.read_parquet(run_dir / "artifacts" / "evaluate" / "answers.parquet")
+    assert set(answers["model"]) == {"tiny-llama", "tiny-bloom"} and answers["truncated"].dtype == bool
+    assert set(answers["finish_reason"]) <= {"eos", "length"} and answers["truncated"].any()
+    assert list(answers["truncated"]) == list(answers["finish_reason"] == "length")
+    assert answers.loc[answers["truncated"], "new_tokens"].eq(6).all()
+    scores = pd.read_parquet(run_dir / "artifacts" / "evaluate" / "scores.parquet")
+    judged = scores["scorer"].isin(["judge", "pairwise"])  # the judge's rows: flag unknown (<NA>) for now
+    assert str(scores["truncated"].dtype) == "boolean" and scores["truncated"].isna().eq(judged).all()
+    scores = scores[~judged]
+    flag = answers.set_index(["item_id", "model"])["truncated"]
+    ours = scores[scores["model"].isin(flag.index.get_level_values("model"))]
+    assert list(ours["truncated"]) == [flag[(i, m)] for i, m in zip(ours["item_id"], ours["model"], strict=True)]
+    assert not scores.loc[scores["model"].isin(REFERENCE_MODELS), "truncated"].any()
+    info = json.loads((run_dir / "artifacts" / "evaluate" / "evaluate.json").read_text())
+    assert info["backend"] == "transformers" and info["scorer_version"] == SCORER_VERSION
+    assert info["templates"] == {"tiny-llama": "alpaca", "tiny-bloom": "alpaca"}
+    assert info["generation"] == {"max_new_tokens": 6, "do_sample": False}

@@ -242,3 +242,56 @@ def test_evaluate_backend_is_checked_by_the_params(tmp_path):
         load_params(path)
     path.write_text(body.format("vllm"), encoding="utf-8")
     assert load_params(path).evaluate.backend == "vllm" and BACKENDS == ("transformers", "vllm")
+
+
+def test_truncated_is_a_cut_at_the_limit_not_an_eos_there(eos_llama, items, tmp_path):
+    """``truncated`` = stopped by max_new_tokens (``finish_reason == "length"``); an answer whose EOS is exactly the
+    max_new_tokens-th token ended on its own — in a padded batch and alone."""
+    mp = params(eos_llama)
+    df, _ = run(mp, items, tmp_path / "a", GenParams(max_new_tokens=12, batch_size=7))
+    assert list(df["truncated"]) == list(df["finish_reason"] == "length") and set(df["truncated"]) == {True, False}
+    ended = df[df["finish_reason"] == "eos"].iloc[0]
+    k = int(ended["new_tokens"])  # its EOS is the k-th new token
+    assert k >= 2
+    at, _ = run(mp, items, tmp_path / "at", GenParams(max_new_tokens=k, batch_size=7))
+    ends_by_k = (df["finish_reason"] == "eos") & (df["new_tokens"] <= k)
+    assert list(at["finish_reason"]) == ["eos" if e else "length" for e in ends_by_k]
+    assert list(at["truncated"]) == list(~ends_by_k) and at["new_tokens"].le(k).all()
+    row = at[at["item_id"] == ended["item_id"]].iloc[0]
+    assert (row["finish_reason"], row["truncated"], row["new_tokens"], row["answer"]) == (
+        "eos",
+        False,
+        k,
+        ended["answer"],
+    )
+    one = items[items["item_id"] == ended["item_id"]]
+    cut, _ = run(mp, one, tmp_path / "cut", GenParams(max_new_tokens=k - 1, batch_size=1))
+    assert (cut["finish_reason"][0], cut["truncated"][0], cut["new_tokens"][0]) == ("length", True, k - 1)
+    # read back from the cache: the same flags (derived from finish_reason, not stored)
+    again, rep = run(mp, items, tmp_path / "a", GenParams(max_new_tokens=12, batch_size=7))
+    assert rep.cached == len(items) and list(again["truncated"]) == list(df["truncated"])
+    assert all("truncated" not in json.loads(line) for line in open(rep.cache_file, encoding="utf-8"))
+
+
+def test_vllm_finish_mapping_reads_the_ids():
+    """vLLM's outputs → (new ids, finish): an EOS in the ids ends the answer whatever vLLM's finish_reason says (also
+    when it is the max_tokens-th id); a "stop" whose EOS id was left out of the ids gets it back; else a cut."""
+    from types import SimpleNamespace
+
+    from llm4academic.runners import VllmRunner
+
+    eos = 2
+    cases = [  # (token_ids, vLLM finish_reason) → (new ids, finish)
+        (([5, 6, eos], "stop"), ([5, 6, eos], "eos")),
+        (([5, 6], "stop"), ([5, 6, eos], "eos")),
+        (([5, 6, 7], "length"), ([5, 6, 7], "length")),
+        (([5, 6, eos], "length"), ([5, 6, eos], "eos")),  # EOS exactly at max_tokens: not truncated
+    ]
+    runner = object.__new__(VllmRunner)
+    runner.gen, runner.eos = GenParams(max_new_tokens=3), eos
+    runner.vllm = SimpleNamespace(SamplingParams=lambda **kw: kw)
+    outputs = [SimpleNamespace(outputs=[SimpleNamespace(token_ids=ids, finish_reason=why)]) for (ids, why), _ in cases]
+    runner.llm = SimpleNamespace(generate=lambda prompts, sampling, use_tqdm: outputs)
+    got = runner.run([[1]] * len(cases), [0] * len(cases))
+    assert got == [expected for _, expected in cases]
+    assert [G.is_truncated({"finish_reason": finish}) for _, finish in got] == [False, False, True, False]

@@ -249,13 +249,21 @@ def test_lcs_bit_parallel_matches_dynamic_programming():
 
 
 # --------------------------------------------------------------------------------------------- score_answers
+def test_score_answers_by_default_adds_the_keyed_scorer_with_its_rule(zb):
+    sub = zb[zb["item_id"].isin(["advanced-007", "basic-001", "basic-000"])]
+    scores = scoring.score_answers(answers_long(sub, models=["GPT4"]), zb, progress=False)
+    keyed = scores[scores["scorer"] == "keyed"]
+    assert set(keyed["item_id"]) == {"advanced-007", "basic-001"}  # basic-000 has no reference
+    assert (keyed["rule"] != "").all() and (scores.loc[scores["scorer"] != "keyed", "rule"] == "").all()
+
+
 def test_score_answers_dispatch_and_against(zb):
     # option, number, contains, a one-character reference, an open item
     ids = ["advanced-007", "basic-009", "basic-001", "advanced-013", "basic-000"]
     sub = zb[zb["item_id"].isin(ids)]
     answers = answers_long(sub, models=["GPT4", "moss"])
     answers.loc[answers["model"] == "moss", "answer"] = ""  # an empty answer scores 0
-    scores = scoring.score_answers(answers, zb, progress=False)
+    scores = scoring.score_answers(answers, zb, scoring.REFERENCE_SCORERS, progress=False)  # the classic four
     assert list(scores.columns) == list(scoring.SCORE_COLUMNS)
     got = scores.groupby("item_id")["scorer"].agg(lambda s: sorted(set(s))).to_dict()
     assert got == {

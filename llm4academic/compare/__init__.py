@@ -7,19 +7,21 @@ Reads finished evaluation artifacts of one study or of several studies run separ
   number, then normalised containment, then Chinese ROUGE-L against the reference) — one score in [0, 1] per item,
   so that models can be ranked on one scale; only items with a reference count (``against == "reference"``);
 - the **leaderboard** per split and overall with seeded percentile-bootstrap CIs (``scoring.aggregate``);
-- a **per-tag** matrix, **base → tuned deltas** with paired bootstrap CIs, **length bias**, **judge agreement**
-  (order consistency of pairwise verdicts), **training curves**, the **data mix**;
+- a **per-tag** matrix, **base → tuned deltas** with paired bootstrap CIs, **length bias**, **truncation** (the
+  share of each studied model's answers cut at ``max_new_tokens``), **judge agreement** (order consistency of
+  pairwise verdicts), **training curves**, the **data mix**;
 - **findings**: best studied model per split and per tag, its margin over the runner-up and whether a paired
   bootstrap CI of that margin excludes zero.
 
-Studies are only compared when they evaluated the same Z-Bench items with the same scorers (``CompareError``
-otherwise). Everything the notebook shows is written into the run directory's compare folder (its headline feeds
-the study's index page). One job per module:
+Studies are only compared when they evaluated the same Z-Bench items with the same scorers (and scorer version),
+and generated their answers with the same ``max_new_tokens``, decoding, backend and per-model template
+(``CompareError`` otherwise, naming what differs). Everything the notebook shows is written into the run
+directory's compare folder (its headline feeds the study's index page). One job per module:
 
 * ``studies`` — ``Study``, ``load_study``, ``load_studies``, ``check_comparable``, ``CompareError`` and the combined
   tables of several studies;
-* ``tables``  — primary scores, leaderboard, per tag, deltas, findings, length bias, judge agreement, curves, mix,
-  provenance;
+* ``tables``  — primary scores, leaderboard, per tag, deltas, findings, length bias, truncation, judge agreement,
+  curves, mix, provenance;
 * here        — ``Comparison``, ``compare()``, ``summary_markdown``, ``headline``, ``write_artifacts``,
   ``sample_answers``.
 
@@ -57,6 +59,7 @@ from ..figures import (  # noqa: F401
 from ..rundir import RunDir
 from ..scoring import OVERALL
 from ..zbench import REFERENCE_MODELS, SPLITS, load_zbench, model_label, model_name  # noqa: F401
+from .context import data_flow, data_mix, judge_agreement, provenance, training_curves  # noqa: F401
 from .studies import (  # noqa: F401
     CompareError,
     Study,
@@ -75,11 +78,8 @@ from .tables import (  # noqa: F401
     all_answers,
     answer_lengths,
     by_tag,
-    data_flow,
-    data_mix,
     findings,
     findings_text,
-    judge_agreement,
     leaderboard,
     length_bias,
     model_kinds,
@@ -87,11 +87,11 @@ from .tables import (  # noqa: F401
     paired_diff,
     primary_scores,
     primary_tag_matrix,
-    provenance,
     side_by_side,
     spearman,
     tag_matrix,
-    training_curves,
+    truncated_flags,
+    truncation,
     tuning_deltas,
     tuning_pairs,
     wide_leaderboard,
@@ -114,6 +114,7 @@ class Comparison:
     answers: pd.DataFrame
     lengths: pd.DataFrame
     bias: pd.DataFrame
+    truncation: pd.DataFrame  # per studied model and split: answers cut at max_new_tokens
     agreement: pd.DataFrame | None
     curves: pd.DataFrame
     mix: pd.DataFrame
@@ -151,6 +152,8 @@ def compare(
     tags = by_tag(primary, zb, seed=seed, n_boot=n_boot)
     answers = all_answers(studies, zb)
     lengths = answer_lengths(answers)
+    generated = combined(studies, "answers")  # the studied models' answers, with their truncated flags
+    generated = None if generated is None else generated[generated["item_id"].isin(set(zb["item_id"]))]
     overall = board[board["split"] == OVERALL].sort_values("score", ascending=False)["model"].tolist()
     return Comparison(
         studies=studies,
@@ -165,6 +168,7 @@ def compare(
         answers=answers,
         lengths=lengths,
         bias=length_bias(primary, lengths),
+        truncation=truncation(generated),
         agreement=judge_agreement(combined(studies, "pairwise")),
         curves=training_curves(studies),
         mix=data_mix(studies),
@@ -209,9 +213,11 @@ def _round(v: Any) -> Any:
 
 
 def headline(c: Comparison, figure: str | None = None) -> dict[str, Any]:
-    """What the index page shows: the leaderboard (models × splits with CIs), findings, provenance; ``figure`` is
-    the leaderboard figure's path relative to the run directory."""
+    """What the index page shows: the leaderboard (models × splits with CIs, and per studied model the share of
+    its answers ``truncated`` at ``max_new_tokens``; ``None`` for reference models and where unknown), findings,
+    provenance; ``figure`` is the leaderboard figure's path relative to the run directory."""
     splits = [s for s in [*SPLITS, OVERALL] if s in set(c.board["split"])]
+    cut = c.truncation[c.truncation["split"] == OVERALL].set_index("model")["rate"]
     rows = []
     for m in c.board[c.board["split"] == OVERALL].sort_values(["score", "model"], ascending=[False, True])["model"]:
         part = c.board[c.board["model"] == m].set_index("split")
@@ -226,6 +232,7 @@ def headline(c: Comparison, figure: str | None = None) -> dict[str, Any]:
                     else None
                     for s in splits
                 },
+                "truncated": _round(cut.get(m)),
             }
         )
     return {
@@ -243,8 +250,8 @@ def headline(c: Comparison, figure: str | None = None) -> dict[str, Any]:
 
 def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) -> list[Path]:
     """Into the run directory's compare folder, atomically: the tables (leaderboard, by_tag, deltas, findings,
-    length_bias, primary_scores and, when a judge ran, judge_agreement) as CSV, the leaderboard figure when one is
-    given, and the headline."""
+    length_bias, primary_scores, truncation and, when a judge ran, judge_agreement) as CSV, the leaderboard figure
+    when one is given, and the headline."""
     rd = RunDir(run_dir)
     rd.compare_dir.mkdir(parents=True, exist_ok=True)
     tables = {
@@ -254,6 +261,7 @@ def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) ->
         "findings": c.findings,
         "length_bias": c.bias,
         "primary_scores": c.primary,
+        "truncation": c.truncation,
     }
     if c.agreement is not None:
         tables["judge_agreement"] = c.agreement

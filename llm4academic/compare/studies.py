@@ -1,6 +1,7 @@
 """Loading finished studies for a comparison: one study's evaluation (and training and data) artifacts, read
-through its ``RunDir``; several studies, checked comparable (same Z-Bench items, scorers and judge); and their
-tables combined into one, with study models renamed ``<study>/<model>`` where names repeat.
+through its ``RunDir``; several studies, checked comparable (same Z-Bench items, scorers, scorer version and judge;
+answers generated with the same ``max_new_tokens``, decoding, backend and, for models of the same name, template);
+and their tables combined into one, with study models renamed ``<study>/<model>`` where names repeat.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pandas as pd
 from ..base import KitError
 from ..config import StudyParams, resolved_dict
 from ..rundir import RunDir
+from ..scoring import SCORER_VERSION
 from ..zbench import REFERENCE_MODELS
 
 
@@ -92,8 +94,30 @@ def _slice_signature(study: Study) -> dict[str, Any]:
     return {
         "items": sorted(ev.get("item_ids") or study.items),
         "scorers": sorted(ev.get("scorers", [])),
-        "judge": {k: judge.get(k) for k in ("model", "baseline")} if judge else None,
+        "judge": {k: judge.get(k) for k in ("model", "endpoint_model", "baseline")} if judge else None,
     }
+
+
+DECODING_KEYS: tuple[str, ...] = ("do_sample", "temperature", "top_p")  # of evaluate.json's "generation"
+
+
+def _generation_signature(study: Study) -> dict[str, Any]:
+    """How a study's answers were generated and scored, from its ``evaluate.json``; ``None`` where an older study
+    did not record it (unknown: never a difference)."""
+    ev = study.evaluate
+    gen = ev.get("generation") or {}
+    return {
+        "max_new_tokens": gen.get("max_new_tokens"),
+        "decoding": {k: gen.get(k) for k in DECODING_KEYS},
+        "backend": ev.get("backend"),
+        "templates": dict(ev.get("templates") or {}),
+        "scorer_version": ev.get("scorer_version"),
+    }
+
+
+def _differ(a: Any, b: Any) -> bool:
+    """A definite difference: both known and not equal."""
+    return a is not None and b is not None and a != b
 
 
 def few(values: Sequence[str], k: int = 4) -> str:
@@ -102,7 +126,10 @@ def few(values: Sequence[str], k: int = 4) -> str:
 
 
 def check_comparable(studies: Sequence[Study]) -> None:
-    """Refuse studies that evaluated different Z-Bench items, with different scorers or a different judge."""
+    """Refuse studies that evaluated different Z-Bench items, with different scorers, scorer versions or judges,
+    or whose answers were generated with a different ``max_new_tokens``, decoding (``do_sample``, ``temperature``,
+    ``top_p``), backend, or template for a model of the same name. A setting an older study did not record counts
+    as unknown: only a definite difference is refused."""
     if not studies:
         raise CompareError("no studies to compare")
     names = [s.name for s in studies]
@@ -135,6 +162,48 @@ def check_comparable(studies: Sequence[Study]) -> None:
                 f"studies {first.name!r} and {other.name!r} used different judges ({ref['judge']} vs "
                 f"{sig['judge']}): set the same evaluate.judge, or none"
             )
+        _check_generation(first, other)
+
+
+def _check_generation(first: Study, other: Study) -> None:
+    """Refuse two studies whose answers were generated or scored differently (see ``check_comparable``)."""
+    a, b = _generation_signature(first), _generation_signature(other)
+    pair = f"studies {first.name!r} and {other.name!r}"
+    if _differ(a["scorer_version"], b["scorer_version"]):
+        stale = [s.name for s, v in ((first, a), (other, b)) if v["scorer_version"] != SCORER_VERSION]
+        raise CompareError(
+            f"{pair} were scored by different scorer versions ({a['scorer_version']} vs {b['scorer_version']}): "
+            f"rerun the evaluate step of {' and '.join(stale)} with this kit (scorer version {SCORER_VERSION}; the "
+            "answers come from the generation cache, only the scores are recomputed)"
+        )
+    if _differ(a["max_new_tokens"], b["max_new_tokens"]):
+        raise CompareError(
+            f"{pair} generated with different max_new_tokens ({a['max_new_tokens']} vs {b['max_new_tokens']}): "
+            "answers cut at different lengths do not compare; set the same evaluate.max_new_tokens and rerun the "
+            "evaluate step"
+        )
+    decoding = [k for k in DECODING_KEYS if _differ(a["decoding"][k], b["decoding"][k])]
+    if decoding:
+        raise CompareError(
+            f"{pair} decoded differently ("
+            + "; ".join(f"{k} {a['decoding'][k]} vs {b['decoding'][k]}" for k in decoding)
+            + f"): set the same {', '.join(f'evaluate.{k}' for k in decoding)} and rerun the evaluate step"
+        )
+    if _differ(a["backend"], b["backend"]):
+        raise CompareError(
+            f"{pair} generated with different backends ({a['backend']} vs {b['backend']}): their answers differ "
+            "even when greedy; set the same evaluate.backend and rerun the evaluate step"
+        )
+    templates = sorted(
+        m for m in set(a["templates"]) & set(b["templates"]) if _differ(a["templates"][m], b["templates"][m])
+    )
+    if templates:
+        raise CompareError(
+            f"{pair} prompted the same model(s) with different templates ("
+            + "; ".join(f"{m}: {a['templates'][m]} vs {b['templates'][m]}" for m in templates)
+            + "): set the same template for them (models[].template, or leave it to the model card in both) and "
+            "rerun the evaluate step — or name the models apart to compare the templates themselves"
+        )
 
 
 def _base_name(model: str) -> str:

@@ -1,6 +1,6 @@
 """The comparison's tables, from scores on one scale: primary scores, the leaderboard with bootstrap CIs, per-tag
 scores, base → tuned deltas, findings (best model per facet and whether its margin is separated), length bias,
-judge agreement, and the studies' training curves, data mix and provenance.
+truncated answers (the studies' judge agreement, training curves, data mix and provenance: ``context.py``).
 
 Bootstrap resampling is seeded per group (``group_rng``): a group's interval does not depend on which other
 groups are in the table.
@@ -8,21 +8,20 @@ groups are in the table.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from ..base import git_info
-from ..scoring import OVERALL, aggregate, bootstrap_ci, group_rng, pairwise_summary
+from ..scoring import OVERALL, aggregate, bootstrap_ci, group_rng
 from ..zbench import REFERENCE_MODELS, SPLITS, answers_long, model_label
 from .studies import Study, combined
 
 PRIMARY_ORDER: tuple[str, ...] = ("option", "number", "contains", "rouge_l")
 PRIMARY_METHOD = (
-    "each item scored by its most specific reference scorer (option > number > contains > rouge_l), "
-    "items with a reference only; mean over items, percentile bootstrap CI over items"
+    "each item scored by Z-Bench's answer key (the keyed scorer: objectively gradable items with a reference; open "
+    "items are a judge's) — for studies scored before the key, by the most specific reference scorer (option > "
+    "number > contains > rouge_l); mean over items, percentile bootstrap CI over items"
 )
 MIN_TAG_ITEMS = 3  # findings per tag need at least this many items
 
@@ -31,9 +30,12 @@ MIN_TAG_ITEMS = 3  # findings per tag need at least this many items
 
 
 def primary_scores(scores: pd.DataFrame) -> pd.DataFrame:
-    """One score per (model, item): the most specific reference scorer that judged it (``PRIMARY_ORDER``)."""
-    ref = scores[(scores["against"] == "reference") & scores["scorer"].isin(PRIMARY_ORDER)].copy()
-    ref["_rank"] = ref["scorer"].map(PRIMARY_ORDER.index)
+    """One score per (model, item): the keyed scorer's where it ran (alone — the classic scorers are what an echo
+    or a negated reference fooled), else the most specific reference scorer that judged it (``PRIMARY_ORDER``)."""
+    keyed = scores["scorer"] == "keyed"
+    order = ("keyed",) if keyed.any() else PRIMARY_ORDER
+    ref = scores[(scores["against"] == "reference") & scores["scorer"].isin(order)].copy()
+    ref["_rank"] = ref["scorer"].map(order.index)
     ref = ref.sort_values(["model", "item_id", "_rank"], kind="stable").drop_duplicates(["model", "item_id"])
     keep = [c for c in ("item_id", "split", "model", "scorer", "score", "study") if c in ref.columns]
     return ref[keep].reset_index(drop=True)
@@ -325,111 +327,43 @@ def length_bias(primary: pd.DataFrame, lengths: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def truncated_flags(answers: pd.DataFrame) -> pd.Series:
+    """Per answer, whether it was cut at ``max_new_tokens`` (nullable boolean): its ``truncated`` column, else
+    ``finish_reason == "length"``; ``<NA>`` where the table says neither (an older study's answers)."""
+    if "truncated" in answers.columns:
+        return answers["truncated"].astype("boolean")
+    if "finish_reason" in answers.columns:
+        reason = answers["finish_reason"].astype("string").replace("", pd.NA)
+        return reason.eq("length").astype("boolean")
+    return pd.Series(pd.NA, index=answers.index, dtype="boolean")
+
+
+def truncation(answers: pd.DataFrame | None) -> pd.DataFrame:
+    """Per model and split, then ``overall``: ``n`` answers, how many were ``truncated`` (generation stopped at
+    ``max_new_tokens`` before EOS: ``finish_reason == "length"``) and the ``rate``. Answers whose flag is unknown
+    (``truncated_flags``) are left out; a model without any known flag has no row. Models in the order of
+    ``answers``."""
+    cols = ["model", "split", "n", "truncated", "rate"]
+    if answers is None or not len(answers):
+        return pd.DataFrame(columns=cols)
+    flags = truncated_flags(answers)
+    split = answers["split"] if "split" in answers.columns else pd.Series(OVERALL, index=answers.index)
+    known = pd.DataFrame({"model": answers["model"], "split": split, "cut": flags})[flags.notna()]
+    known["cut"] = known["cut"].astype(bool)
+    rows = []
+    for model in dict.fromkeys(known["model"]):
+        part = known[known["model"] == model]
+        present = set(part["split"]) - {OVERALL}
+        for split in [*[s for s in SPLITS if s in present], *sorted(present - set(SPLITS)), OVERALL]:
+            cut = part["cut"] if split == OVERALL else part.loc[part["split"] == split, "cut"]
+            rows.append({"model": model, "split": split, "n": len(cut), "truncated": int(cut.sum())})
+    out = pd.DataFrame(rows, columns=cols[:-1])
+    out["rate"] = out["truncated"] / out["n"]
+    return out
+
+
 def spearman(x: pd.Series, y: pd.Series) -> float:
     """Rank correlation; NaN (undefined, not 0) with fewer than three points or a constant series."""
     if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
         return math.nan
     return float(x.rank().corr(y.rank()))
-
-
-# --------------------------------------------------------------------------------------------- judge, training, data
-
-
-def judge_agreement(pairwise: pd.DataFrame | None) -> pd.DataFrame | None:
-    """Per model judged against the baseline in both orders: wins/ties/losses, and ``order_consistency`` — the
-    share of items whose verdict did not flip when the two answers swapped places (1 − position bias)."""
-    if pairwise is None or not len(pairwise):
-        return None
-    out = pairwise_summary(pairwise)
-    out["order_consistency"] = 1 - out["position_bias"]
-    out["baseline"] = pairwise.groupby("model", sort=False)["against"].first().reindex(out["model"]).values
-    return out
-
-
-def training_curves(studies: Sequence[Study]) -> pd.DataFrame:
-    """Long table ``model, step, metric, value, study`` of every trained model's logged loss and learning rate, read
-    through the study's ``RunDir`` (compare never imports train.py); the model is named as in the comparison (its
-    ``-tuned`` name)."""
-    frames = []
-    for s in studies:
-        for entry in s.rd.read_checkpoint_index():
-            rows = s.rd.read_metrics(entry["model"])
-            if not len(rows):
-                continue
-            name = s.renamed.get(f"{entry['model']}-tuned", f"{entry['model']}-tuned")
-            metrics = [m for m in ("loss", "lr") if m in rows]
-            frames.append(
-                rows.melt(id_vars="step", value_vars=metrics, var_name="metric").assign(model=name, study=s.name)
-            )
-    return (
-        pd.concat(frames, ignore_index=True)
-        if frames
-        else pd.DataFrame(columns=["model", "step", "metric", "value", "study"])
-    )
-
-
-def data_mix(studies: Sequence[Study]) -> pd.DataFrame:
-    """Per study and source: records available after cleaning and taken into the training mix, from the data
-    step's summary."""
-    rows = []
-    for s in studies:
-        summary = s.rd.read_data_summary()
-        if not summary:
-            continue
-        total = summary.get("records_in_mix") or 0
-        for d in summary.get("mix", []):
-            rows.append(
-                {
-                    "study": s.name,
-                    "source": d["source"],
-                    "mode": d.get("mode"),
-                    "weight": d.get("weight"),
-                    "available": d.get("available"),
-                    "taken": d.get("taken"),
-                    "share": d.get("taken", 0) / total if total else math.nan,
-                }
-            )
-    return pd.DataFrame(rows, columns=["study", "source", "mode", "weight", "available", "taken", "share"])
-
-
-def data_flow(studies: Sequence[Study]) -> pd.DataFrame:
-    """Per study: records loaded → after cleaning (removed per step) → in the mix, and the mix's sha256."""
-    rows = []
-    for s in studies:
-        d = s.rd.read_data_summary()
-        if d:
-            rows.append(
-                {
-                    "study": s.name,
-                    "loaded": d.get("records_loaded"),
-                    "after_cleaning": d.get("records_after_cleaning"),
-                    **{f"removed.{k}": v for k, v in (d.get("removed") or {}).items()},
-                    "in_mix": d.get("records_in_mix"),
-                    "mix_sha256": (d.get("mix_sha256") or "")[:12],
-                }
-            )
-    return pd.DataFrame(rows)
-
-
-def provenance(studies: Sequence[Study]) -> pd.DataFrame:
-    """Per study: seed, git sha and dirty flag, the Z-Bench slice and scorers, generation settings."""
-    rows = []
-    for s in studies:
-        git = (s.manifest or {}).get("git") or git_info()
-        ev = s.evaluate
-        rows.append(
-            {
-                "study": s.name,
-                "seed": s.seed,
-                "git_sha": (git.get("sha") or "")[:12],
-                "dirty": git.get("dirty"),
-                "items": len(s.items),
-                "splits": ", ".join(ev.get("splits", [])),
-                "limit": ev.get("limit"),
-                "scorers": ", ".join(ev.get("scorers", [])),
-                "generation": json.dumps(ev.get("generation", {}), sort_keys=True),
-                "judge": (ev.get("judge") or {}).get("model"),
-                "run_dir": str(s.run_dir),
-            }
-        )
-    return pd.DataFrame(rows)

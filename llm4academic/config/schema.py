@@ -1,19 +1,13 @@
 """The study params' schema: every key a params file may hold, its type, default and description (pydantic).
-
-Each list of names is written once, as a ``Literal``; the tuples the rest of the kit iterates over are derived from
-it. Imports no torch.
+The lists of names it validates against live in ``names.py``. Imports no torch.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     PositiveFloat,
     PositiveInt,
@@ -23,6 +17,26 @@ from pydantic import (
 )
 
 from ..base import KitError, resolve_data_path
+from .judge import JudgeParams
+from .names import (
+    BACKENDS,
+    FORMAT_NAMES,
+    MODEL_CARDS,
+    SCORERS,
+    STEPS,
+    TEMPLATES,
+    TINY_ARCHS,
+    TINY_PREFIX,
+    Backend,
+    FormatName,
+    ModelCardName,
+    ScorerName,
+    SplitName,
+    Step,
+    TemplateName,
+    TinyArch,
+)
+from .strict import _HUB_ID, _SLUG, _base_dir, _check_unique, _Strict
 
 __all__ = [
     "Step",
@@ -60,51 +74,12 @@ __all__ = [
     "StudyParams",
 ]
 
-# Each list of names is written once, as a Literal; the tuples are derived from it.
-# The study's steps, in the order they run; pipeline.py maps each to its notebook.
-Step = Literal["explore", "train", "evaluate", "compare"]
-STEPS: tuple[str, ...] = get_args(Step)
-
-# On-disk formats data/formats.py reads (``format: auto`` detects them from the fields).
-FormatName = Literal["alpaca", "seed_tasks", "firefly", "sharegpt", "oig", "hh_rlhf", "dolly", "gpt4all"]
-FORMAT_NAMES: tuple[str, ...] = get_args(FormatName)
-
-# Model family cards (catalog.py, resources/catalog/models.yaml) and prompt templates (templates.py).
-ModelCardName = Literal["llama", "bloom", "opt", "t5", "glm", "chatglm"]
-MODEL_CARDS: tuple[str, ...] = get_args(ModelCardName)
-TemplateName = Literal["alpaca", "belle", "plain"]
-TEMPLATES: tuple[str, ...] = get_args(TemplateName)
-
-# Architectures the kit can build offline at tiny size (models.py builds them; `tiny:<arch>` in params).
-TinyArch = Literal["llama", "bloom", "opt", "t5", "glm"]
-TINY_ARCHS: tuple[str, ...] = get_args(TinyArch)
-TINY_PREFIX = "tiny:"
-
-# Reference scorers (scoring/) and generation backends (generate.py).
-ScorerName = Literal["option", "number", "contains", "rouge_l"]
-SCORERS: tuple[str, ...] = get_args(ScorerName)
-SplitName = Literal["basic", "advanced", "domain"]
-Backend = Literal["transformers", "vllm"]
-BACKENDS: tuple[str, ...] = get_args(Backend)
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-_SLUG = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-
 
 class ConfigError(KitError):
     """Bad params: the message names the file, line and key path."""
 
 
 # --------------------------------------------------------------------------------------------- schema
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-def _base_dir(info: ValidationInfo) -> Path:
-    ctx = info.context or {}
-    return Path(ctx.get("base_dir", Path.cwd()))
 
 
 class SourceParams(_Strict):
@@ -274,19 +249,6 @@ class ExploreParams(_Strict):
     sample_records: int = Field(default=6, ge=0, le=200, description="records shown per source")
 
 
-class JudgeParams(_Strict):
-    model: str | None = Field(
-        default=None,
-        description="a study model's name, or a local path / hub id of an "
-        "HF causal model that grades answers 1-10; unset = no judge",
-    )
-    baseline: str | None = Field(
-        default=None,
-        description="pairwise: compare each model with this one "
-        "(a study model or a Z-Bench reference model), judged in both orders",
-    )
-
-
 class EvaluateParams(_Strict):
     splits: list[SplitName] = Field(default_factory=lambda: list(get_args(SplitName)), min_length=1)
     limit: PositiveInt | None = Field(default=None, description="the first N prompts of each split")
@@ -411,11 +373,3 @@ class StudyParams(_Strict):
     def length_tokenizer(self) -> ModelParams:
         """The model whose tokenizer the data length filters count in."""
         return self.model(self.data.clean.tokenizer or self.models[0].name)
-
-
-def _check_unique(names: Sequence[str], what: str) -> None:
-    seen = set()
-    for n in names:
-        if n in seen:
-            raise ValueError(f"duplicate {what} {n!r}")
-        seen.add(n)

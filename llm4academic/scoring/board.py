@@ -1,5 +1,6 @@
 """The 14 reference models' leaderboard: their shipped Z-Bench answers scored with the reference scorers (not the
-judge), per split and overall, with coverage and seeded bootstrap CIs (``leaderboard``, ``leaderboard_json``)."""
+judge). ``headline`` is one row per model — the primary (keyed) score per split and overall with a seeded bootstrap
+CI and the rank; ``leaderboard`` the long table per scorer, with coverage (``--by-scorer``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from functools import lru_cache
 import pandas as pd
 
 from ..zbench import PROVENANCE, _split_names, answers_long, load_zbench
-from .reference import REFERENCE_SCORERS, resolve_scorers, score_answers, scorers_for
+from .reference import DEFAULT_SCORERS, KEYED, resolve_scorers, score_answers, scorers_for
 from .stats import OVERALL, aggregate
 
 
@@ -21,7 +22,11 @@ def _reference_scores(
     zbench = load_zbench(list(splits))
     scores = score_answers(answers_long(zbench), zbench, scorers, fallback_model=None)
     applicable = pd.DataFrame(
-        [(row.split, name) for row in zbench.itertuples(index=False) for name in scorers_for(row.reference, scorers)],
+        [
+            (row.split, name)
+            for row in zbench.itertuples(index=False)
+            for name in scorers_for(row.reference, scorers, item_id=row.item_id)
+        ],
         columns=["split", "scorer"],
     )
     return scores, applicable.assign(items=1), zbench.groupby("split").size().to_dict()
@@ -30,7 +35,7 @@ def _reference_scores(
 def leaderboard(
     splits: str | Iterable[str] | None = None,
     *,
-    scorers: Iterable[str] = REFERENCE_SCORERS,
+    scorers: Iterable[str] = DEFAULT_SCORERS,
     n_boot: int = 1000,
     ci: float = 0.95,
     seed: int = 0,
@@ -100,3 +105,22 @@ def leaderboard_json(splits: str | Iterable[str] | None = None, **kwargs) -> lis
         }
         for r in table.to_dict("records")
     ]
+
+
+def headline(splits: str | Iterable[str] | None = None, *, n_boot: int = 1000, ci: float = 0.95, seed: int = 0):
+    """One row per reference model, best overall first: ``model``, then per split and ``overall`` the primary
+    (keyed) score, its CI and the model's rank in that split (1 = best); ``n`` the keyed items per split."""
+    names = tuple(_split_names(splits))
+    scores, _, _ = _reference_scores(names, (KEYED,))
+    table = aggregate(scores, ("model", "split"), n_boot=n_boot, ci=ci, seed=seed)
+    table["rank"] = table.groupby("split")["score"].rank(ascending=False, method="min").astype(int)
+    wide = table.pivot_table(index="model", columns="split", values=["score", "ci_low", "ci_high", "rank", "n"])
+    columns = [*names, OVERALL]
+    out = pd.DataFrame({"model": wide.index})
+    for split in columns:
+        for key in ("score", "ci_low", "ci_high", "rank", "n"):
+            out[f"{split}.{key}"] = wide[(key, split)].to_numpy()
+    out = out.sort_values(f"{OVERALL}.score", ascending=False, kind="stable").reset_index(drop=True)
+    out.attrs["headline"] = {"scorer": KEYED, "splits": columns, "n_boot": n_boot, "ci": ci, "seed": seed,
+                             "zbench": dict(PROVENANCE)}  # fmt: skip
+    return out

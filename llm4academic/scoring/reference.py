@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..zbench import PROVENANCE
+from .keyed import KeyedScorer
 from .numbers import Number, answer_number, numbers_match, reference_numbers
 from .options import extract_option, numbered_choice, option_letter
 from .rouge import rouge_l
@@ -144,25 +146,43 @@ SCORERS: dict[str, ReferenceScorer] = {
     s.name: s for s in (OptionScorer(), NumberScorer(), ContainsScorer(), RougeLScorer())
 }
 REFERENCE_SCORERS: tuple[str, ...] = tuple(SCORERS)
+KEYED = "keyed"  # the answer-key scorer (keyed.py): the primary score wherever it ran
+DEFAULT_SCORERS: tuple[str, ...] = (KEYED, *REFERENCE_SCORERS)
 
 
-def scorers_for(reference: str, scorers: Iterable[str | ReferenceScorer] = REFERENCE_SCORERS) -> list[str]:
-    """The names of the scorers that can judge an item with this reference (dispatch): option for an option letter,
-    number for a number, contains for other short references, rouge_l for any reference."""
-    return [s.name for s in resolve_scorers(scorers) if str(reference).strip() and s.applies(reference)]
+@lru_cache(maxsize=1)
+def keyed_scorer() -> KeyedScorer:
+    """The keyed scorer with the shipped answer key, loaded once per process."""
+    return KeyedScorer()
 
 
-def resolve_scorers(scorers: Iterable[str | ReferenceScorer]) -> list[ReferenceScorer]:
-    """The scorers named (``"option"``, …) or given, in order; one name or scorer alone is a list of one."""
+def scorers_for(
+    reference: str, scorers: Iterable[str | ReferenceScorer] = REFERENCE_SCORERS, item_id: str | None = None
+) -> list[str]:
+    """The names of the scorers that can judge an item with this reference (dispatch): keyed for an item the answer
+    key grades (given its ``item_id``), option for an option letter, number for a number, contains for other short
+    references, rouge_l for any reference."""
+    return [
+        s.name
+        for s in resolve_scorers(scorers)
+        if str(reference).strip() and (s.applies(item_id) if isinstance(s, KeyedScorer) else s.applies(reference))
+    ]
+
+
+def resolve_scorers(scorers: Iterable[str | ReferenceScorer | KeyedScorer]) -> list[ReferenceScorer | KeyedScorer]:
+    """The scorers named (``"keyed"``, ``"option"``, …) or given, in order; one name or scorer alone is a list of
+    one."""
     resolved = []
-    for s in [scorers] if isinstance(scorers, str | ReferenceScorer) else scorers:
-        if isinstance(s, ReferenceScorer):
+    for s in [scorers] if isinstance(scorers, str | ReferenceScorer | KeyedScorer) else scorers:
+        if isinstance(s, ReferenceScorer | KeyedScorer):
             resolved.append(s)
+        elif s == KEYED:
+            resolved.append(keyed_scorer())
         elif s in SCORERS:
             resolved.append(SCORERS[s])
         else:
             raise ScoringError(
-                f"unknown scorer {s!r}; the reference scorers are: {', '.join(SCORERS)} "
+                f"unknown scorer {s!r}; the reference scorers are: {', '.join(DEFAULT_SCORERS)} "
                 "(the judge scores with judge_scores / pairwise_scores)"
             )
     return resolved
@@ -171,7 +191,7 @@ def resolve_scorers(scorers: Iterable[str | ReferenceScorer]) -> list[ReferenceS
 def score_answers(
     answers: pd.DataFrame,
     zbench: pd.DataFrame | None = None,
-    scorers: Iterable[str | ReferenceScorer] = REFERENCE_SCORERS,
+    scorers: Iterable[str | ReferenceScorer | KeyedScorer] = DEFAULT_SCORERS,
     *,
     fallback_model: str | None = FALLBACK_MODEL,
     progress: bool | None = None,
@@ -181,11 +201,12 @@ def score_answers(
     rouge_l on an item without a reference, the fallback model whose answer served instead (that model's own answer
     is not scored against itself; no row where that answer is empty or the table lacks its column). An empty answer
     scores 0. ``zbench`` defaults to ``load_zbench()``; answers may come from any model (``answers_long`` or
-    generate.py's output)."""
+    generate.py's output). When ``answers`` has a ``truncated`` column (the answer was cut at ``max_new_tokens``), each
+    score row carries its answer's flag in a ``truncated`` column (nullable boolean)."""
     resolved = resolve_scorers(scorers)
     items = answer_items(answers, zbench)
     fallback = fallback_model if fallback_model in items.columns else None
-    rows = []
+    rows, rules = [], {}
     for rec in tqdm(
         answers.itertuples(index=False),
         total=len(answers),
@@ -196,7 +217,13 @@ def score_answers(
         item = items.loc[rec.item_id]
         reference, prompt, answer = cell_text(item["reference"]), cell_text(item["prompt"]), cell_text(rec.answer)
         for scorer in resolved:
-            if reference.strip():
+            if isinstance(scorer, KeyedScorer):
+                if reference.strip() and scorer.applies(rec.item_id):
+                    cut = getattr(rec, "truncated", False) is True  # NA (unknown) is not cut
+                    graded = scorer.grade(rec.item_id, answer, prompt, truncated=cut)
+                    rows.append((rec.item_id, rec.split, rec.model, scorer.name, graded.score, "reference"))
+                    rules[len(rows) - 1] = graded.rule
+            elif reference.strip():
                 if scorer.applies(reference):
                     rows.append(
                         (
@@ -221,6 +248,12 @@ def score_answers(
                 )
     scores = pd.DataFrame(rows, columns=list(SCORE_COLUMNS))
     scores["score"] = scores["score"].astype(float)
+    if rules:  # which rule decided each keyed score (keyed.py)
+        scores["rule"] = [rules.get(i, "") for i in range(len(scores))]
+    if "truncated" in answers.columns:  # passed through for scorers that treat a cut answer apart; no score changes
+        flags = answers.drop_duplicates(["item_id", "model"]).set_index(["item_id", "model"])["truncated"]
+        where = pd.MultiIndex.from_frame(scores[["item_id", "model"]])
+        scores["truncated"] = flags.astype("boolean").reindex(where).array
     scores.attrs["scoring"] = {
         "scorers": [s.name for s in resolved],
         "fallback_model": fallback,

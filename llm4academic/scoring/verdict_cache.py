@@ -1,0 +1,81 @@
+"""The endpoint judge's resumable ``VerdictCache``: replies (parsed, malformed or refused: final at temperature 0) by
+request key, in an append-only JSONL file under an exclusive lock, each row flushed and fsynced. A torn last line is
+dropped and reported, so a killed run resumes with only what is missing. Transport failures are not cached: the next
+run asks again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+from .endpoint_http import EndpointError
+from .tables import ScoringError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: appends are not locked
+    fcntl = None
+
+
+class VerdictCache:
+    """The endpoint judge's replies by request key: append-only JSONL under an exclusive lock, each row flushed and
+    fsynced. A half-written last line (a killed run) is cut off and reported (``partial``); a broken line elsewhere is
+    an error naming ``file:line``; a repeated key keeps its first row (``duplicates``)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.rows: dict[str, dict] = {}
+        self.partial, self.duplicates = False, 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a", encoding="utf-8")
+        try:
+            if fcntl is not None:
+                fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.close()
+            raise EndpointError(f"{self.path}: another run is judging into this cache; wait for it") from None
+        good = 0
+        lines = self.path.read_bytes().split(b"\n")
+        for n, raw in enumerate(lines, start=1):
+            last = n == len(lines)
+            if last and not raw:
+                break
+            try:
+                row = json.loads(raw)
+                if not isinstance(row, dict) or "key" not in row:
+                    raise ValueError
+            except ValueError:
+                if last:
+                    self.partial = True
+                    break
+                self.fh.close()
+                raise ScoringError(f"{self.path}:{n}: not a judge cache row; delete that line to ask again") from None
+            if last:  # complete JSON but no newline: the write did not finish
+                self.partial = True
+                break
+            good += len(raw) + 1
+            if row["key"] in self.rows:
+                self.duplicates += 1
+            else:
+                self.rows[row["key"]] = row
+        if self.partial:
+            os.truncate(self.path, good)
+            warnings.warn(f"{self.path}: the last line was half-written (an interrupted run); dropped", stacklevel=3)
+
+    def append(self, row: dict) -> None:
+        self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.rows[row["key"]] = row
+
+    def close(self) -> None:
+        self.fh.close()  # releases the lock
+
+    def __enter__(self) -> VerdictCache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
