@@ -41,6 +41,7 @@ NOTEBOOKS: dict[str, str] = {
 EVALUATE_TABLES: tuple[str, ...] = ("scores", "answers", "judge", "pairwise")  # parquet, under artifacts/evaluate/
 COMPARE_TABLES: tuple[str, ...] = (
     "leaderboard",
+    "leaderboard_unflagged",
     "by_tag",
     "deltas",
     "findings",

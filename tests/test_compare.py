@@ -444,3 +444,24 @@ def test_index_page_shows_the_truncated_share_escaped(tmp_path):
     assert '<td class="num truncated">30.0 %</td>' in rows["<td><strong>&lt;b&gt;m&lt;/b&gt; ★</strong>"]
     assert '<td class="num truncated">20.0 %</td>' in rows["<td><strong>bad ★</strong>"]
     assert '<td class="num truncated">—</td>' in rows["<td>GPT4"]
+
+
+def test_judge_means_and_the_leaderboard_without_flagged_items():
+    scores = pd.DataFrame(
+        {
+            "item_id": ["basic-001", "basic-002", "basic-001", "basic-001"],
+            "split": ["basic"] * 4,
+            "model": ["m", "m", "m", "n"],
+            "scorer": ["keyed", "keyed", "judge", "keyed"],
+            "score": [1.0, 0.0, 0.75, 1.0],
+            "against": ["reference", "reference", "reference", "reference"],
+        }
+    )
+    judge = compare.judge_means(scores)
+    assert judge.to_dict() == {"m": 0.75} and compare.judge_means(scores[scores["scorer"] != "judge"]) is None
+    primary = compare.primary_scores(scores)
+    assert set(primary["scorer"]) == {"keyed"}  # the judge never enters the primary score
+    assert list(compare.without_flagged(primary, ["basic-002"])["item_id"]) == ["basic-001", "basic-001"]
+    board = compare.leaderboard(primary, ["m", "n"], n_boot=100)
+    wide = compare.wide_leaderboard(board, judge=judge)
+    assert wide.loc["m", "judge (0-1)"] == "0.750" and wide.loc["n", "judge (0-1)"] == "—"

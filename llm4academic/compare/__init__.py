@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..answer_key import load_answer_key
 from ..base import atomic_write
 from ..config import StudyParams
 from ..figures import (  # noqa: F401
@@ -80,6 +81,7 @@ from .tables import (  # noqa: F401
     by_tag,
     findings,
     findings_text,
+    judge_means,
     leaderboard,
     length_bias,
     model_kinds,
@@ -95,6 +97,7 @@ from .tables import (  # noqa: F401
     tuning_deltas,
     tuning_pairs,
     wide_leaderboard,
+    without_flagged,
 )
 
 
@@ -108,6 +111,9 @@ class Comparison:
     primary: pd.DataFrame
     studied: list[str]
     board: pd.DataFrame
+    board_unflagged: pd.DataFrame  # the leaderboard without the items the answer key flags
+    flagged: list[str]
+    judge: pd.Series | None  # the judge's mean grade per model: its own column, never in the primary score
     tags: pd.DataFrame
     deltas: pd.DataFrame
     findings: pd.DataFrame
@@ -149,6 +155,8 @@ def compare(
     primary = primary_scores(scores)
     studied = study_models(studies)
     board = leaderboard(primary, studied, seed=seed, n_boot=n_boot)
+    flagged = [i for i in load_answer_key(zbench=load_zbench()).flagged if i in set(zb["item_id"])]
+    board_unflagged = leaderboard(without_flagged(primary, flagged), studied, seed=seed, n_boot=n_boot)
     tags = by_tag(primary, zb, seed=seed, n_boot=n_boot)
     answers = all_answers(studies, zb)
     lengths = answer_lengths(answers)
@@ -162,6 +170,9 @@ def compare(
         primary=primary,
         studied=studied,
         board=board,
+        board_unflagged=board_unflagged,
+        flagged=flagged,
+        judge=judge_means(scores),
         tags=tags,
         deltas=tuning_deltas(primary, studied, seed=seed, n_boot=n_boot),
         findings=findings(primary, zb, studied, seed=seed, n_boot=n_boot, min_tag_items=min_tag_items),
@@ -233,12 +244,15 @@ def headline(c: Comparison, figure: str | None = None) -> dict[str, Any]:
                     for s in splits
                 },
                 "truncated": _round(cut.get(m)),
+                "judge": _round(c.judge.get(m)) if c.judge is not None else None,
             }
         )
     return {
         "metric": PRIMARY_METHOD,
         "splits": splits,
         "n_items": int(c.primary["item_id"].nunique()),
+        "judged": c.judge is not None,
+        "flagged": len(c.flagged),
         "seed": c.seed,
         "n_boot": c.n_boot,
         "studies": c.provenance.to_dict(orient="records"),
@@ -256,6 +270,7 @@ def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) ->
     rd.compare_dir.mkdir(parents=True, exist_ok=True)
     tables = {
         "leaderboard": c.board,
+        "leaderboard_unflagged": c.board_unflagged,
         "by_tag": c.tags,
         "deltas": c.deltas,
         "findings": c.findings,

@@ -76,8 +76,21 @@ def overall_order(board: pd.DataFrame) -> list[str]:
     return board.loc[board["split"] == OVERALL, "model"].tolist()
 
 
-def wide_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
-    """Models × splits, ``0.412 [0.30, 0.53]`` cells, ordered by the overall score."""
+def judge_means(scores: pd.DataFrame) -> pd.Series | None:
+    """Per model, the judge's mean grade on [0, 1] ((grade − 1) / 9) over the items it graded; None without a judge.
+    Its own column: it never enters the primary score."""
+    judged = scores[scores["scorer"] == "judge"]
+    return judged.groupby("model")["score"].mean() if len(judged) else None
+
+
+def without_flagged(primary: pd.DataFrame, flagged: Iterable[str]) -> pd.DataFrame:
+    """The primary scores without the items whose reference the answer key flags as wrong or debatable."""
+    return primary[~primary["item_id"].isin(set(flagged))].reset_index(drop=True)
+
+
+def wide_leaderboard(board: pd.DataFrame, judge: pd.Series | None = None) -> pd.DataFrame:
+    """Models × splits, ``0.412 [0.30, 0.53]`` cells, ordered by the overall score; with ``judge`` (``judge_means``)
+    a last column with the judge's mean grade, apart from the primary score."""
     cells = board.assign(
         cell=[
             f"{s:.3f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(s) else "—"
@@ -89,6 +102,8 @@ def wide_leaderboard(board: pd.DataFrame) -> pd.DataFrame:
     splits = [s for s in [*SPLITS, OVERALL] if s in wide.columns]
     wide = wide.loc[list(order), splits]
     wide.insert(0, "kind", wide.index.map(dict(zip(board["model"], board["kind"], strict=True))))
+    if judge is not None:
+        wide["judge (0-1)"] = [f"{judge[m]:.3f}" if m in judge.index else "—" for m in wide.index]
     wide.columns.name = None
     return wide
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -180,3 +181,24 @@ def adversarial(scorer: KeyedScorer | None = None) -> pd.DataFrame:
             for b in BASELINES
         ]
     )  # fmt: skip
+
+
+@lru_cache(maxsize=1)
+def trust_table() -> pd.DataFrame:
+    """What the notebooks show next to the leaderboard: agreement with the development and held-out sets and the
+    adversarial baselines, one row each (``check, answers, value``)."""
+    scorer = KeyedScorer()
+    dev, held = agreement(scorer), agreement(scorer, load_devset(held_out=True))
+    rows = [
+        {"check": "agreement with careful labels: development set (rules refined on it)", "answers": dev.n,
+         "value": round(dev.agreement, 3)},
+        {"check": "agreement with careful labels: held out (GPT4, GPT3.5, moss)", "answers": held.n,
+         "value": round(held.agreement, 3)},
+    ]  # fmt: skip
+    names = {"echo": "the prompt echoed", "continuation": "its first half, then rambling",
+             "all_options": "every option listed, then the echo", "negated": "不是 + the reference",
+             "not_a_but_b": "答案不是 <reference>，而是 <wrong>", "empty": "an empty answer",
+             "reference": "the bare reference (should be ~1)"}  # fmt: skip
+    for r in adversarial(scorer).itertuples(index=False):
+        rows.append({"check": f"score of: {names[r.baseline]}", "answers": r.items, "value": round(r.score, 3)})
+    return pd.DataFrame(rows)
