@@ -128,9 +128,12 @@ class CacheContents:
     duplicates: int = 0
 
 
-def read_cache(path: str | Path) -> CacheContents:
-    """The rows of a cache file by key. A half-written last line is dropped (``partial``); a broken line anywhere
-    else is an error naming ``file:line``; a repeated key keeps its first row."""
+def read_cache(
+    path: str | Path, what: str = "generation row", fix: str = "delete that line (or the file) to regenerate it"
+) -> CacheContents:
+    """The rows of an append-only JSONL cache by key (the answer cache, the judge's verdict cache). A half-written
+    last line is dropped (``partial``); a broken line anywhere else is an error naming ``file:line``, ``what`` it
+    should be and how to ``fix`` it; a repeated key keeps its first row."""
     out, path = CacheContents(), Path(path)
     if not path.is_file():
         return out
@@ -148,9 +151,7 @@ def read_cache(path: str | Path) -> CacheContents:
             if last:  # no newline after it: the write was interrupted
                 out.partial = True
                 break
-            raise KitError(
-                f"{path}:{n}: not a generation row; delete that line (or the file) to regenerate it"
-            ) from None
+            raise KitError(f"{path}:{n}: not a {what}; {fix}") from None
         if last:  # complete JSON but the newline never made it: keep nothing half-written
             out.partial = True
             break

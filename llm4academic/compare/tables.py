@@ -14,6 +14,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from ..scoring import OVERALL, aggregate, bootstrap_ci, group_rng
+from ..scoring.stats import spearman
 from ..zbench import REFERENCE_MODELS, SPLITS, answers_long, model_label
 from .studies import Study, combined
 
@@ -375,10 +376,3 @@ def truncation(answers: pd.DataFrame | None) -> pd.DataFrame:
     out = pd.DataFrame(rows, columns=cols[:-1])
     out["rate"] = out["truncated"] / out["n"]
     return out
-
-
-def spearman(x: pd.Series, y: pd.Series) -> float:
-    """Rank correlation; NaN (undefined, not 0) with fewer than three points or a constant series."""
-    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
-        return math.nan
-    return float(x.rank().corr(y.rank()))

@@ -5,19 +5,19 @@ position bias per model (order-inconsistent pairwise verdicts) and self-preferen
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
-import numpy as np
 import pandas as pd
 
+from .stats import spearman
 from .text import cell_text
 
 
 def _spearman(x: pd.Series, y: pd.Series) -> float | None:
-    """Rank correlation; ``None`` (undefined) with fewer than three points or a constant series."""
-    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
-        return None
-    return float(np.corrcoef(x.rank().to_numpy(float), y.rank().to_numpy(float))[0, 1])
+    """``stats.spearman``, with ``None`` (JSON null) where it is undefined."""
+    rho = spearman(x, y)
+    return None if math.isnan(rho) else rho
 
 
 def _mean(values: pd.Series) -> float | None:

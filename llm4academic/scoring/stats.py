@@ -108,3 +108,10 @@ def aggregate(
         **scores.attrs.get("scoring", {}),
     }
     return out
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    """Rank correlation; NaN (undefined, not 0) with fewer than three points or a constant series."""
+    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
+        return math.nan
+    return float(x.rank().corr(y.rank()))

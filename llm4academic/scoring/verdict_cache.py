@@ -11,8 +11,9 @@ import os
 import warnings
 from pathlib import Path
 
+from ..answer_cache import read_cache
+from ..base import KitError
 from .endpoint_http import EndpointError
-from .tables import ScoringError
 
 try:
     import fcntl
@@ -37,32 +38,14 @@ class VerdictCache:
         except OSError:
             self.fh.close()
             raise EndpointError(f"{self.path}: another run is judging into this cache; wait for it") from None
-        good = 0
-        lines = self.path.read_bytes().split(b"\n")
-        for n, raw in enumerate(lines, start=1):
-            last = n == len(lines)
-            if last and not raw:
-                break
-            try:
-                row = json.loads(raw)
-                if not isinstance(row, dict) or "key" not in row:
-                    raise ValueError
-            except ValueError:
-                if last:
-                    self.partial = True
-                    break
-                self.fh.close()
-                raise ScoringError(f"{self.path}:{n}: not a judge cache row; delete that line to ask again") from None
-            if last:  # complete JSON but no newline: the write did not finish
-                self.partial = True
-                break
-            good += len(raw) + 1
-            if row["key"] in self.rows:
-                self.duplicates += 1
-            else:
-                self.rows[row["key"]] = row
+        try:
+            contents = read_cache(self.path, "judge cache row", "delete that line to ask again")
+        except KitError:
+            self.fh.close()
+            raise
+        self.rows, self.partial, self.duplicates = contents.rows, contents.partial, contents.duplicates
         if self.partial:
-            os.truncate(self.path, good)
+            os.truncate(self.path, contents.good_bytes)
             warnings.warn(f"{self.path}: the last line was half-written (an interrupted run); dropped", stacklevel=3)
 
     def append(self, row: dict) -> None:
