@@ -245,7 +245,7 @@ def zbench_validate(as_json: JsonOpt = False):
     typer.echo(agree.confusion.to_string())
     typer.echo(f"\nheld-out check (GPT4, GPT3.5, moss; labelled without the key, never used for tuning): "
                f"{held_out.agreement:.3f} on {held_out.n} answers")  # fmt: skip
-    typer.echo("\nadversarial baselines (mean keyed score; the bare reference should score ~1, the rest ~0):")
+    typer.echo("\nadversarial baselines (mean keyed score: the bare reference and the English answer ~1, the rest ~0):")
     typer.echo(
         baselines.assign(score=baselines["score"].round(3))[["baseline", "items", "score"]].to_string(index=False)
     )

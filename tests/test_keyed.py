@@ -41,6 +41,8 @@ def test_adversarial_baselines(scorer):
     for name in ("echo", "continuation", "all_options", "negated"):
         assert table.at[name, "score"] <= 0.02, (name, table.at[name, "exceptions"])
     assert table.at["empty", "score"] == 0
+    assert table.at["restated_numbers", "score"] <= 0.05, table.at["restated_numbers", "exceptions"]
+    assert table.at["in_english", "items"] >= 30 and table.at["in_english", "score"] >= 0.95
     assert table.at["reference", "score"] >= 0.98, table.at["reference", "exceptions"]
 
 

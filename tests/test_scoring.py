@@ -416,3 +416,17 @@ def test_judge_pairwise_both_orders(judge, zb):
     graded = scoring.judge_scores(answers, judge, zb, progress=False)
     assert len(graded) == 6 and (graded["scorer"] == "judge").all() and graded["score"].between(0, 1).all()
     assert (graded["against"] == "reference").all() and graded["judge_expected"].between(1, 10).all()
+
+
+def test_bias_table_reads_the_judge_section_of_evaluate_json():
+    info = {
+        "length_bias": [{"model": "a", "items": 5, "median_chars": 40.0, "mean_grade": 6.0, "spearman": 0.7}],
+        "position_bias": [{"model": "a", "n": 5, "inconsistent": 2, "position_bias": 0.4}],
+        "self_preference": {"flagged": True, "models": ["a"], "mean_grade_self": 6.0, "mean_grade_others": None},
+    }
+    table = scoring.bias_table(info)
+    assert table.to_dict("records") == [
+        {"model": "a", "items": 5, "mean_grade": 6.0, "length_rho": 0.7, "position_bias": 0.4,
+         "judge_is_this_model": True}
+    ]  # fmt: skip
+    assert scoring.bias_table(None) is None

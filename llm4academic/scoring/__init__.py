@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from .board import LEADERBOARD_KEYS, leaderboard, leaderboard_json
 from .endpoint import EndpointJudge, endpoint_judge_scores, endpoint_pairwise_scores
 from .endpoint_http import FAILURE_REASONS, EndpointError, JudgeFailure
-from .judge_bias import judge_report
+from .judge_bias import bias_table, judge_report
 from .numbers import Number, answer_number, extract_numbers, numbers_match, reference_numbers
 from .options import explain_option, extract_option, option_letter, parse_numbered_options, parse_options
 from .reference import (
@@ -115,6 +115,7 @@ __all__ = [
     "extract_option",
     "grading_prompt",
     "group_rng",
+    "bias_table",
     "judge_report",
     "judge_scores",
     "leaderboard",

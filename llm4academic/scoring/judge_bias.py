@@ -74,3 +74,16 @@ def judge_report(
             "mean_grade_others": _mean(grades.loc[~mine, "judge_expected"]) if self_models else None,
         },
     }
+
+
+def bias_table(judge_info: dict | None) -> pd.DataFrame | None:
+    """``judge_report``'s numbers (as ``evaluate.json`` holds them) as one table per studied model: length bias
+    (Spearman ρ of grade vs answer length), position bias (share of order-inconsistent verdicts) and whether the
+    model is the judge's own (self-preference); None when no judge ran."""
+    if not judge_info:
+        return None
+    length = pd.DataFrame(judge_info.get("length_bias") or [], columns=["model", "items", "mean_grade", "spearman"])
+    position = pd.DataFrame(judge_info.get("position_bias") or [], columns=["model", "position_bias"])
+    table = length.merge(position[["model", "position_bias"]], on="model", how="outer")
+    own = set((judge_info.get("self_preference") or {}).get("models") or [])
+    return table.assign(judge_is_this_model=table["model"].isin(own)).rename(columns={"spearman": "length_rho"})

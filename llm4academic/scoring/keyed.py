@@ -285,6 +285,8 @@ class KeyedScorer:
         number = _committed_number(regions[0]) or answer_number(text)
         if number is None:
             return Graded(0.0, "number-none")
+        if _restates_numbers(text, prompt):
+            return Graded(0.0, "number-restated")
         if _number_negated(regions[0], number) or _number_negated(text, number):
             return Graded(0.0, "number-negated")
         targets = [e.value, *e.alternatives]
@@ -374,6 +376,15 @@ def _committed_number(region: str) -> Number | None:
         return answer_number(region)
     numbers = extract_numbers(region)
     return numbers[-1] if numbers else None
+
+
+def _restates_numbers(text: str, prompt: str) -> bool:
+    """The answer is nothing but two or more of the question's own numbers (12、5、3): no answer."""
+    mine = [n.text for n in extract_numbers(text)]
+    if len(mine) < 2 or re.search(r"[A-Za-z\u3400-\u9fff]", text):
+        return False
+    theirs = {n.text for n in extract_numbers(prompt)}
+    return all(m in theirs for m in mine)
 
 
 def _number_negated(text: str, number: Number) -> bool:

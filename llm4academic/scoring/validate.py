@@ -9,13 +9,14 @@ labels of the items it grades (overall, per answer type, a confusion matrix, eve
 
 **Adversarial baselines** (``adversarial()``): answers a careful grader gives nothing for, built for every keyed item
 — the prompt echoed, its first half followed by rambling, every option listed before the echo, ``不是`` + the
-reference, "the answer is not <reference> but <a rejected answer>", an empty answer — and the bare reference, which
-must score (almost) everything.
+reference, "the answer is not <reference> but <a rejected answer>", an empty answer, the question's own numbers
+restated — and two it should credit: the right answer in English for a Chinese reference, and the bare reference.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..answer_key import KEY_DIR, AnswerKeyError
+from ..answer_key import KEY_DIR, AnswerKeyError, KeyEntry
 from ..zbench import REFERENCE_MODELS, load_zbench
 from .keyed import KeyedScorer
+from .numbers import extract_numbers
 from .options import parse_numbered_options, parse_options
 
 DEVSET_DIR = KEY_DIR.parent / "devset"
@@ -33,7 +35,9 @@ HOLDOUT_DIR = KEY_DIR.parent / "holdout"
 LABELS = ("correct", "incorrect", "partial", "unclear")
 HELD_OUT = ("GPT4", "GPT3.5", "moss")  # never in the development set: an independent check stays possible
 RAMBLING = "这是一个很好的问题，让我们仔细思考一下。首先需要理解题目的意思，然后逐步分析每一个条件。"
-BASELINES = ("echo", "continuation", "all_options", "negated", "not_a_but_b", "empty", "reference")
+BASELINES = ("echo", "continuation", "all_options", "negated", "not_a_but_b", "empty", "restated_numbers",
+             "in_english", "reference")  # fmt: skip
+RIGHT = ("reference", "in_english")  # the baselines that should score 1; the rest 0
 
 
 def load_devset(files: Iterable[str | Path] | None = None, *, held_out: bool = False) -> pd.DataFrame:
@@ -143,11 +147,21 @@ def agreement(scorer: KeyedScorer | None = None, devset: pd.DataFrame | None = N
     )
 
 
-def baseline_answers(prompt: str, reference: str, rejected: str | None) -> dict[str, str]:
-    """The adversarial answers for one item (``BASELINES``)."""
+def baseline_answers(prompt: str, reference: str, entry: KeyEntry) -> dict[str, str]:
+    """The adversarial answers for one item (``BASELINES``): ``restated_numbers`` only for number items whose
+    question has numbers, ``in_english`` only for a Chinese entity or short-text answer the key accepts in English."""
     options = {**parse_options(prompt), **parse_numbered_options(prompt)}
     listed = "\n".join(f"({k}) {v}" for k, v in options.items())
+    rejected = entry.reject[0] if entry.reject else None
+    extra = {}
+    numbers = [n.text for n in extract_numbers(prompt)]
+    if entry.type == "number" and len(numbers) >= 2:
+        extra["restated_numbers"] = "、".join(numbers)
+    english = [f for f in entry.accept if re.fullmatch(r"[A-Za-z][A-Za-z .,'-]+", f)]
+    if entry.type in ("entity", "short_text") and english and re.search(r"[\u3400-\u9fff]", str(entry.answer)):
+        extra["in_english"] = english[0]
     return {
+        **extra,
         "echo": prompt,
         "continuation": prompt[: len(prompt) // 2] + RAMBLING,
         "all_options": f"{listed}\n{prompt}" if listed else prompt,
@@ -167,12 +181,11 @@ def adversarial(scorer: KeyedScorer | None = None) -> pd.DataFrame:
     for r in zb[zb["reference"].astype(str).str.strip() != ""].itertuples(index=False):
         if not scorer.applies(r.item_id):
             continue
-        entry = scorer.key[r.item_id]
-        answers = baseline_answers(str(r.prompt), str(r.reference), entry.reject[0] if entry.reject else None)
+        answers = baseline_answers(str(r.prompt), str(r.reference), scorer.key[r.item_id])
         for name, answer in answers.items():
             score = scorer.grade(r.item_id, answer, str(r.prompt)).score
             scores[name].append(score)
-            if (score == 1.0) != (name == "reference"):
+            if (score == 1.0) != (name in RIGHT):
                 exceptions[name].append(r.item_id)
     return pd.DataFrame(
         [
@@ -198,6 +211,8 @@ def trust_table() -> pd.DataFrame:
     names = {"echo": "the prompt echoed", "continuation": "its first half, then rambling",
              "all_options": "every option listed, then the echo", "negated": "不是 + the reference",
              "not_a_but_b": "答案不是 <reference>，而是 <wrong>", "empty": "an empty answer",
+             "restated_numbers": "the question's own numbers restated",
+             "in_english": "the right answer in English (should be ~1)",
              "reference": "the bare reference (should be ~1)"}  # fmt: skip
     for r in adversarial(scorer).itertuples(index=False):
         rows.append({"check": f"score of: {names[r.baseline]}", "answers": r.items, "value": round(r.score, 3)})
