@@ -33,7 +33,16 @@ from .replies import read_reply, row_grade
 from .tables import FALLBACK_MODEL, SCORE_COLUMNS, ScoringError, answer_items
 from .text import cell_text
 from .verdict_cache import VerdictCache
-from .verdicts import Grade, Verdict, combine_orders, grading_prompt, pairwise_prompt, rubric_language
+from .verdicts import (
+    PAIRWISE_COLUMNS,
+    Grade,
+    Verdict,
+    combine_orders,
+    grading_prompt,
+    pairwise_prompt,
+    pairwise_row,
+    rubric_language,
+)
 
 CACHE_VERSION = 1  # bump when what a key stands for changes (message layout, request settings, parsing)
 REPLY_TOKENS = 16  # the judge answers a score or a letter
@@ -321,19 +330,6 @@ def endpoint_pairwise_scores(
             failures.extend(_failure(rec, "pairwise", order, r) for order, r in bad)
             continue
         v = combine_orders(r1["label"], r2["label"], float(r1["p_a"]), 1 - float(r2["p_a"]))
-        rows.append(
-            (
-                rec.item_id,
-                rec.split,
-                rec.model,
-                "pairwise",
-                v.score,
-                baseline,
-                v.outcome,
-                v.first,
-                v.second,
-                v.consistent,
-            )
-        )
-    out = pd.DataFrame(rows, columns=[*SCORE_COLUMNS, "verdict", "first", "second", "consistent"])
+        rows.append(pairwise_row(rec, baseline, v))
+    out = pd.DataFrame(rows, columns=list(PAIRWISE_COLUMNS))
     return _attrs(out, "pairwise", judge, failures, report, baseline=baseline)

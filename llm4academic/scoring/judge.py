@@ -18,12 +18,14 @@ from ..zbench import PROVENANCE
 from .tables import FALLBACK_MODEL, SCORE_COLUMNS, ScoringError, answer_items
 from .text import cell_text
 from .verdicts import (
+    PAIRWISE_COLUMNS,
     SCORE_STRINGS,
     Grade,
     Verdict,
     combine_orders,
     grading_prompt,
     pairwise_prompt,
+    pairwise_row,
     rubric_language,
     sequence_probs,
 )
@@ -214,21 +216,8 @@ def pairwise_scores(
         if not answer.strip() or not reference.strip():
             continue
         v = judge.compare(cell_text(items.loc[rec.item_id, "prompt"]), answer, reference)
-        rows.append(
-            (
-                rec.item_id,
-                rec.split,
-                rec.model,
-                "pairwise",
-                v.score,
-                baseline,
-                v.outcome,
-                v.first,
-                v.second,
-                v.consistent,
-            )
-        )
-    out = pd.DataFrame(rows, columns=[*SCORE_COLUMNS, "verdict", "first", "second", "consistent"])
+        rows.append(pairwise_row(rec, baseline, v))
+    out = pd.DataFrame(rows, columns=list(PAIRWISE_COLUMNS))
     out.attrs["scoring"] = {
         "scorers": ["pairwise"],
         "judge": judge.name,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .tables import ScoringError
+from .tables import SCORE_COLUMNS, ScoringError
 from .text import cell_text
 
 SCORE_STRINGS: tuple[str, ...] = tuple(str(i) for i in range(1, 11))
@@ -183,3 +183,12 @@ def pairwise_summary(pairwise: pd.DataFrame) -> pd.DataFrame:
     out["position_bias"] = out["inconsistent"] / out["n"]
     out["win_rate"] = (out["wins"] + out["ties"] / 2) / out["n"]
     return out.reset_index()
+
+
+PAIRWISE_COLUMNS: tuple[str, ...] = (*SCORE_COLUMNS, "verdict", "first", "second", "consistent")
+
+
+def pairwise_row(rec, baseline: str, v: Verdict) -> tuple:
+    """One row of a pairwise table (``PAIRWISE_COLUMNS``) for answer ``rec`` judged against ``baseline``."""
+    return (rec.item_id, rec.split, rec.model, "pairwise", v.score, baseline, v.outcome, v.first, v.second,
+            v.consistent)  # fmt: skip
