@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .base import RESOURCES_DIR, KitError
+from .base import RESOURCES_DIR, KitError, unique_key_loader
 from .zbench import load_zbench
 
 AnswerType = Literal["option", "number", "yes_no", "entity", "short_text", "ordered_list", "free_text", "rubric"]
@@ -140,19 +140,7 @@ class AnswerKey:
 # --------------------------------------------------------------------------------------------- reading
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys silently; here a repeated key is an error naming its line."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise AnswerKeyError(
-                    f"{self.name}:{key_node.start_mark.line + 1}: {key!r} appears twice (first on line {seen[key]})"
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
+_UniqueKeyLoader = unique_key_loader(AnswerKeyError)  # a repeated key is an error naming both lines
 
 
 _UNION_TAGS = {"str", "list[str]", "float", "int", "none"}  # pydantic names a union member in an error's location

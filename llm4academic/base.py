@@ -1,5 +1,6 @@
 """The bottom layer every module may import: the kit's error type, where things live, atomic writes, JSON reading,
-provenance (git, file hashes) and the process environment. Imports nothing of the kit and no torch.
+provenance (git, file hashes), the process environment, a YAML loader that refuses repeated keys and the hook that
+ends a worker with its parent. Imports nothing of the kit and no torch.
 """
 
 from __future__ import annotations
@@ -8,10 +9,14 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import signal
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 RESOURCES_DIR = PACKAGE_DIR / "resources"
@@ -82,6 +87,26 @@ def setup_environment() -> dict[str, str]:
     return done
 
 
+def exit_with_parent(sig: int = signal.SIGKILL) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux ``prctl(PR_SET_PDEATHSIG)``), so a
+    training worker never outlives the kernel or launcher that started it; a parent already gone ends it now.
+    Returns whether the hook is armed (False off Linux, where the runner's process-tree stop is what remains)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, int(sig), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+            return False
+    except (OSError, AttributeError):
+        return False
+    if parent == 1 or os.getppid() != parent:  # the parent died before the hook was armed
+        os.kill(os.getpid(), sig)
+    return True
+
+
 # --------------------------------------------------------------------------------------------- files
 
 _UMASK = os.umask(0o022)
@@ -119,6 +144,29 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise KitError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def unique_key_loader(error: type[Exception]) -> type[yaml.SafeLoader]:
+    """A ``SafeLoader`` that raises ``error`` on a mapping key given twice, naming both lines (PyYAML silently keeps
+    the last one). Set the loader's ``name`` to the file's path for the message."""
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise error(f"{self.name}:{line}: {key!r} appears twice (first on line {seen[key]})")
+                    seen[key] = line
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    break
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -145,6 +145,25 @@ def bench(
     raise typer.Exit(1 if result["summary"]["errors"] else 0)
 
 
+@app.command()
+def doctor(
+    gpu: Annotated[bool, typer.Option("--gpu", help="the check on every GPU here (~1B LLaMA, FSDP2, bf16)")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="the same check on CPU: tiny model, 2 processes")] = False,
+    out: Annotated[Path | None, typer.Option(help="also write the JSON verdict to this file")] = None,
+    work_dir: Annotated[Path | None, typer.Option(help="keep the model, params and runs here (default: temp)")] = None,
+):
+    """GPU acceptance: train with packing under FSDP2, stop and resume, save and reload, answer Z-Bench (docs/cli.md).
+
+    Prints one JSON verdict (fsdp_engaged, loss_falls, resume_exact, reload_equal, generation_ok, vllm, mfu,
+    peak_memory_gb, gpus, ok); exits 1 when it is not ok. Run `llm4academic doctor --gpu` first on a new cluster.
+    """
+    from .doctor import main as run_doctor
+
+    with user_errors():
+        verdict = run_doctor(gpu=gpu, dry_run=dry_run, out=out, work_dir=work_dir)
+    raise typer.Exit(0 if verdict["ok"] else 1)
+
+
 def bench_harness():
     """``benchmarks.harness`` of the checkout the kit runs from (the benchmarks are not part of the package)."""
     root = project_root()

@@ -97,9 +97,19 @@ def fsdp_report(acc, model, full: int) -> dict:
         "model_class": type(model).__name__,
         "parameter_types": sorted(kinds),
         "parameters": full,
+        "global_parameters": global_parameters(model),
         "local_parameters": local,
         "sharded": local < full,
     }
+
+
+def global_parameters(model) -> int:
+    """The model's parameter count over all ranks, whatever holds them: FSDP2's DTensors report their global size
+    (``numel``), FSDP1's flat parameters hold this rank's shard, so their original parameters' sizes are summed."""
+    flat = [m._flat_param for m in FSDP.fsdp_modules(model) if getattr(m, "_flat_param", None) is not None]
+    if flat:
+        return sum(sum(f._numels) for f in flat)
+    return sum(p.numel() for p in model.parameters())
 
 
 # --------------------------------------------------------------------------------------------- checkpoints
@@ -147,13 +157,19 @@ def load_checkpoint(acc, model, optimizer, scheduler, path: Path) -> dict:
 
 
 def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """This rank's RNG: Python, NumPy, torch's CPU generator and — on a GPU — its current device's generator."""
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state()
+    return s
 
 
 def _set_rng_state(s: dict) -> None:
     random.setstate(s["python"])
     np.random.set_state(s["numpy"])
     torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
 
 
 def save_final(acc, model, tokenizer, final: Path, card, lora_save: str | None) -> Path:
@@ -188,11 +204,13 @@ def save_final(acc, model, tokenizer, final: Path, card, lora_save: str | None) 
 def _full_state_dict(acc, model) -> dict:
     """The whole model's weights on the main process's CPU. FSDP2 (and DDP): torch's full state dict with CPU
     offload. FSDP1 on CPU crashes in that path (SIGSEGV), so its parameters are gathered with
-    ``summon_full_params`` and copied out under their original names."""
+    ``summon_full_params`` — on rank 0 only and (from GPUs) offloaded to CPU, never the full model on every GPU — and
+    copied out under their original names."""
     if not isinstance(model, FSDP):
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     sd = {}
-    with FSDP.summon_full_params(model, writeback=False):
+    offload = acc.device.type != "cpu"  # on CPU, FSDP1's offload path crashes (SIGSEGV) and there is nothing to move
+    with FSDP.summon_full_params(model, writeback=False, rank0_only=True, offload_to_cpu=offload):
         if acc.is_main_process:
             for name, t in [*model.named_parameters(), *model.named_buffers()]:
                 key = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")

@@ -310,7 +310,8 @@ def load_model(mp: ModelParams, dtype=None, attn_implementation=None):
 
     ``dtype`` and ``attn_implementation`` override the params' ``dtype`` (``auto`` = the checkpoint's) and
     ``attn_implementation`` (unset = transformers' default). A model whose code ships with the checkpoint fails
-    here, before any weights are fetched, unless the params set ``trust_remote_code: true``.
+    here, before any weights are fetched, unless the params set ``trust_remote_code: true``. A checkpoint without
+    safetensors weights (only pickled ``.bin``) is refused unless the params set ``allow_pickle_weights: true``.
     """
     path, kw = resolve_model_path(mp.path), _load_kwargs(mp)
     _check_remote_code(mp, read_config(mp))
@@ -320,8 +321,28 @@ def load_model(mp: ModelParams, dtype=None, attn_implementation=None):
     attn = attn_implementation or mp.attn_implementation
     if attn:
         kw["attn_implementation"] = attn
-    return auto.from_pretrained(
-        path, config=config, use_safetensors=True, dtype=resolve_dtype(dtype if dtype is not None else mp.dtype), **kw
+    if not mp.allow_pickle_weights and Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise KitError(_pickle_weights_refused(mp, f"no *.safetensors file in {path}"))
+    try:
+        return auto.from_pretrained(
+            path,
+            config=config,
+            use_safetensors=None if mp.allow_pickle_weights else True,  # None: safetensors if there, else .bin
+            dtype=resolve_dtype(dtype if dtype is not None else mp.dtype),
+            **kw,
+        )
+    except OSError as e:  # a hub id whose files are known only when fetched
+        if mp.allow_pickle_weights or "safetensors" not in str(e):
+            raise
+        raise KitError(_pickle_weights_refused(mp, str(e).strip().splitlines()[0])) from e
+
+
+def _pickle_weights_refused(mp: ModelParams, why: str) -> str:
+    return (
+        f"{_describe(mp)}: the kit loads safetensors weights only, and this checkpoint has none ({why}); its "
+        f"PyTorch .bin weights are pickles, and unpickling a file can run any code its author put in it. Use a "
+        f"checkpoint (or revision) that publishes *.safetensors, convert the weights to safetensors where you "
+        f"trust them, or, if you trust its source, set `models[i].allow_pickle_weights: true` in the params"
     )
 
 
@@ -345,7 +366,7 @@ DEFAULT_BOS_TOKEN = "<s>"
 DEFAULT_UNK_TOKEN = "<unk>"
 
 
-def add_special_tokens(tokenizer, model) -> int:
+def add_special_tokens(tokenizer, model=None) -> int:
     """Give the tokenizer the pad/eos/bos/unk tokens it lacks, as stanford_alpaca does; returns how many are new.
 
     stanford_alpaca's ``smart_tokenizer_and_embedding_resize``: missing special tokens are added (``[PAD]``,
@@ -354,6 +375,9 @@ def add_special_tokens(tokenizer, model) -> int:
     no-ops for LLaMA: the matrix only grows (T5 and GLM-4 carry spare rows past their vocabulary, where the new
     tokens' rows are set instead of shrinking the matrix), and when a pad token is added the model's (and its
     generation config's) ``pad_token_id`` follows it. Nothing changes when the tokenizer has all four.
+
+    Without ``model`` only the tokenizer changes: the dataset is tokenised with the very tokens (and ids) that the
+    worker's tokenizer gets again with the model, since the same tokens are added to the same vocabulary.
     """
     wanted = {
         "pad_token": DEFAULT_PAD_TOKEN,
@@ -366,6 +390,8 @@ def add_special_tokens(tokenizer, model) -> int:
         return 0
     old_vocab = len(tokenizer)
     added = tokenizer.add_special_tokens(missing)
+    if model is None:
+        return added
     if "pad_token" in missing:
         for cfg in (model.config, getattr(model, "generation_config", None)):
             if cfg is not None:

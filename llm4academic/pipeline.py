@@ -4,13 +4,21 @@
 A run directory's layout is ``rundir.py``'s (``RunDir``): executed notebooks and their HTML, artifacts, the manifest
 and the index page. Every file is written to a temporary name and renamed into place.
 Each notebook runs in its own papermill process so that a per-notebook timeout can stop it (``notebook_run.py``).
+
+Before anything runs, every model path (and a judge given as a path or hub id) must have a readable config. While a
+study runs, its run directory is locked (``RunDir.lock``): a second run of the same study is refused. SIGINT and
+SIGTERM stop the running notebook's whole process tree, mark it ``interrupted`` in the manifest and the report, and
+exit with 128 + the signal's number.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
+import signal
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -30,8 +38,8 @@ from .base import (
     sha256_file,
 )
 from .compare import load_studies
-from .config import STEPS, load_params, resolved_dict
-from .notebook_run import ensure_kernel, execute_notebook, render_html
+from .config import STEPS, ModelParams, StudyParams, load_params, resolved_dict
+from .notebook_run import Interrupted, ensure_kernel, execute_notebook, render_html, stop_on_signals
 from .rundir import NOTEBOOKS, RunDir
 
 VERSIONED = (
@@ -52,6 +60,14 @@ class StudyFailed(KitError):
     """A notebook failed or timed out; the report was still written."""
 
     exit_code = 1
+
+
+class StudyInterrupted(KitError):
+    """SIGINT or SIGTERM stopped the study; the report (the notebook marked ``interrupted``) was still written."""
+
+    def __init__(self, message: str, signum: int):
+        self.exit_code = 128 + signum
+        super().__init__(message)
 
 
 # --------------------------------------------------------------------------------------------- small helpers
@@ -80,6 +96,58 @@ def environment_info() -> dict[str, Any]:
             "node": platform.node(),
         },
     }
+
+
+def check_models(params: StudyParams, params_path: Path, run_root: Path) -> None:
+    """Every model's config readable (``tiny:`` models built, hub ids found — in the HF cache when offline) and a
+    judge given as a path or hub id likewise, before the first notebook runs: a ``ConfigError`` naming the key."""
+    from .config import ConfigError
+    from .models import read_config  # torch: imported only when a study is about to run
+
+    problems = []
+    for i, mp in enumerate(params.models):
+        try:
+            read_config(mp)
+        except (KitError, OSError, ValueError) as e:
+            problems.append(f"  {params_path}: models[{i}].path: {e}")
+    judge = params.evaluate.judge.model
+    if judge and judge not in {m.name for m in params.models}:
+        local = Path(judge).expanduser()
+        path = str(run_root / local) if not local.is_absolute() and (run_root / local).exists() else judge
+        try:  # the notebook loads the judge with the run directory as its working directory
+            read_config(ModelParams.model_construct(name="judge", path=path, revision=None))
+        except (KitError, OSError, ValueError) as e:
+            problems.append(f"  {params_path}: evaluate.judge.model: {e}")
+    if problems:
+        raise ConfigError(
+            f"{params_path}: {len(problems)} model path(s) cannot be resolved (nothing was run):\n"
+            + "\n".join(problems)
+            + "\n  a hub id needs the network once (or HF_HUB_OFFLINE unset); a local folder needs its config.json"
+        )
+
+
+@contextlib.contextmanager
+def run_lock(rd: RunDir):
+    """Hold ``RunDir.lock`` (``fcntl.flock``) while the study runs; a second run of the same study is refused."""
+    rd.root.mkdir(parents=True, exist_ok=True)
+    fh = open(rd.lock, "a+", encoding="utf-8")  # closed below, which releases the lock
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            raise KitError(
+                f"{rd.root} is in use: another run of this study is in progress ({holder}). Wait for it to "
+                f"finish or stop it (Ctrl-C / kill PID), or run with another name (--set name=…)"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()}, started {now()}\n")
+        fh.flush()
+        yield
+    finally:
+        fh.close()
 
 
 # --------------------------------------------------------------------------------------------- the study
@@ -113,6 +181,21 @@ def run_study(
             )
     nb_dir = Path(notebooks) if notebooks else notebooks_dir()
     rd = RunDir((Path(reports_dir) if reports_dir else default_reports_dir()).resolve() / params.name)
+    check_models(params, params_path, rd.root)
+    with run_lock(rd), stop_on_signals():
+        return _run_steps(params, params_path, list(overrides), only, steps, rd, nb_dir, quiet)
+
+
+def _run_steps(
+    params: StudyParams,
+    params_path: Path,
+    overrides: list[str],
+    only: list[str] | None,
+    steps: list[str],
+    rd: RunDir,
+    nb_dir: Path,
+    quiet: bool,
+) -> dict[str, Any]:
     rd.artifacts.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
     say = (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -122,7 +205,7 @@ def run_study(
         "study": params.name,
         "description": params.description,
         "params_path": str(params_path),
-        "overrides": list(overrides),
+        "overrides": overrides,
         "only": list(only) if only else None,
         "params": resolved_dict(params),
         "seed": params.seed,
@@ -137,8 +220,9 @@ def run_study(
         "status": "running",
         "notebooks": [],
     }
-    parameters = {"params_path": str(params_path), "run_dir": str(rd.root), "overrides": list(overrides)}
+    parameters = {"params_path": str(params_path), "run_dir": str(rd.root), "overrides": overrides}
     failed: dict[str, Any] | None = None
+    signum: int | None = None  # the signal that stopped the study
     rd.write_manifest(manifest)
     for i, step in enumerate(params.steps, 1):
         entry = _entry(rd, step)
@@ -151,25 +235,32 @@ def run_study(
             entry["status"] = "not run"
         else:
             say(f"[{i}/{len(params.steps)}] {name} …")
-            entry.update(
-                execute_notebook(
-                    nb_dir / name,
-                    rd.notebook(step),
-                    parameters,
-                    kernel=kernel,
-                    cwd=rd.root,
-                    timeout_s=params.report.notebook_timeout_s,
+            try:
+                entry.update(
+                    execute_notebook(
+                        nb_dir / name,
+                        rd.notebook(step),
+                        parameters,
+                        kernel=kernel,
+                        cwd=rd.root,
+                        timeout_s=params.report.notebook_timeout_s,
+                    )
                 )
-            )
-            if rd.notebook(step).exists():
-                render_html(rd.notebook(step), rd.html(step), params.report.show_inputs)
-            if entry["status"] != "ok":
+                if rd.notebook(step).exists():
+                    render_html(rd.notebook(step), rd.html(step), params.report.show_inputs)
+            except Interrupted as e:  # between the notebook's end and its HTML: the notebook's record stands
+                signum = e.signum
+                entry.setdefault("status", "interrupted")
+                entry.setdefault("error", {"ename": "Interrupted", "evalue": str(e)})
+            if entry.get("signal"):
+                signum = signal.Signals[entry["signal"]]
+            if entry["status"] != "ok" or signum:
                 failed = entry
-            say(f"    {entry['status']} in {entry['duration_s']:.1f} s → {rd.html(step)}")
+            say(f"    {entry['status']} in {entry.get('duration_s', 0):.1f} s → {rd.html(step)}")
         manifest["notebooks"].append(entry)
         rd.write_manifest(manifest)
     manifest["ended"] = now()
-    manifest["status"] = "failed" if failed else "ok"
+    manifest["status"] = "interrupted" if signum else "failed" if failed else "ok"
     manifest["data"] = _quiet_read(rd.read_data_summary)
     manifest["train"] = _train_summaries(rd)
     rd.write_manifest(manifest)
@@ -181,6 +272,13 @@ def run_study(
             if err.get("cell")
             else "before any cell finished"
         )
+        if signum:
+            raise StudyInterrupted(
+                f"{signal.Signals(signum).name}: study stopped during notebook {failed['notebook']} at {where}; its "
+                f"kernel and workers were stopped and it is marked interrupted. Run the study again to continue "
+                f"(training resumes from its latest checkpoint).\n  report: {rd.index}",
+                signum,
+            )
         raise StudyFailed(
             f"notebook {failed['notebook']} {failed['status']} at {where}\n"
             f"  {err.get('ename', 'Error')}: {err.get('evalue', '')}\n"
@@ -209,7 +307,7 @@ def _previous_notebooks(rd: RunDir) -> dict[str, dict]:
     return {
         nb["notebook"]: {k: v for k, v in nb.items() if k != "from_previous_run"}
         for nb in old.get("notebooks", [])
-        if nb.get("status") in ("ok", "failed", "timeout")
+        if nb.get("status") in ("ok", "failed", "timeout", "interrupted")
     }
 
 

@@ -81,6 +81,11 @@ class RunDir:
         return self.notebook(step).with_suffix(".html")
 
     @property
+    def lock(self) -> Path:
+        """Held (``fcntl.flock``) by the run writing this directory: a second concurrent run is refused."""
+        return self.root / ".run.lock"
+
+    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 
 import datasets
 
+from .base import KitError
 from .templates import get_template, render
 
 IGNORE_INDEX = -100
@@ -62,7 +63,12 @@ def framing(tokenizer) -> Framing:
     """Probe the tokenizer: ``prefix`` = its leading special tokens (BOS for LLaMA/GLM/OPT), ``suffix`` = its
     trailing ones (T5's ``</s>``), ``anchor`` = the ids of ``ANCHOR`` alone."""
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{type(tokenizer).__name__} has no eos_token_id: SFT needs one to end every reply")
+        raise KitError(
+            f"the tokenizer of {getattr(tokenizer, 'name_or_path', '') or type(tokenizer).__name__} has no EOS "
+            "token, and SFT ends every reply with it. Train the model through the kit's train step (it adds "
+            "stanford_alpaca's missing special tokens, `</s>` among them, before tokenising), or give the tokenizer "
+            "an eos_token (its tokenizer_config.json / special_tokens_map.json)"
+        )
     bare = tokenizer("a", add_special_tokens=False)["input_ids"]
     framed = tokenizer("a")["input_ids"]
     start = next((i for i in range(len(framed) - len(bare) + 1) if framed[i : i + len(bare)] == bare), None)

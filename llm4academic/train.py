@@ -6,15 +6,18 @@
 Per model, in the run directory's model folder (``RunDir.model_dir``): the tokenised and packed ``dataset`` (built
 once in the launching process), its ``data_stats``, ``metrics`` + TensorBoard, sharded resumable checkpoints, the
 consolidated ``final`` checkpoint (safetensors) and a ``summary``. The accelerator, the FSDP proof and the checkpoint
-mechanics live in ``fsdp.py``.
+mechanics live in ``fsdp.py``; metrics, the progress line and the run fingerprint (checked before any worker starts:
+resume only the same run, reuse a finished one) in ``train_log.py``. One process runs in a child process too.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import shutil
-import time
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,19 +29,24 @@ from accelerate import PartialState, notebook_launcher
 from accelerate.utils import set_seed
 from peft import LoraConfig, TaskType, get_peft_model
 from torch.utils.data import DataLoader
-from torch.utils.tensorboard import SummaryWriter
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
 from . import data, models, packing, sft
-from .base import KitError, atomic_write, setup_environment
+from .base import KitError, atomic_write, exit_with_parent, setup_environment
 from .config import ModelParams, StudyParams, load_params
 from .data.formats import RECORD_FEATURES
-from .fsdp import fsdp_report, load_checkpoint, make_accelerator, save_checkpoint, save_final, trains_on_cpu
+from .fsdp import (
+    fsdp_report,
+    global_parameters,
+    load_checkpoint,
+    make_accelerator,
+    save_checkpoint,
+    save_final,
+    trains_on_cpu,
+)
 from .rundir import RunDir
-
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A10": 125e12}
-
+from .train_log import MetricsLog, prepare_run
 
 # --------------------------------------------------------------------------------------------- data (launcher side)
 
@@ -60,6 +68,7 @@ def build_dataset(params: StudyParams, mp: ModelParams, run_dir: str | Path) -> 
     rd = RunDir(run_dir)
     records = datasets.Dataset.from_json(str(ensure_mix(params, run_dir)), features=RECORD_FEATURES)
     tokenizer = models.load_tokenizer(mp)
+    models.add_special_tokens(tokenizer)  # stanford's missing pad/eos/bos/unk, as the worker's tokenizer gets them
     card = models.model_card(mp)
     template = mp.template or card.template
     tokenized, tok_report = sft.tokenize_records(
@@ -108,7 +117,9 @@ def _loader(ds, tp, collator, seed: int):
 
 def worker(job: dict) -> None:
     """Train one model of a study. ``job``: ``params_path``, ``overrides``, ``run_dir``, ``model`` (plain data,
-    so the function can be pickled for spawn and started by any launcher)."""
+    so the function can be pickled for spawn and started by any launcher). It always runs in a child process of
+    its launcher, and exits when that parent dies (a killed kernel leaves no orphan holding GPUs)."""
+    exit_with_parent()
     hf_logging.disable_progress_bar()  # a forked worker's widget bars cannot reach the notebook
     params = load_params(job["params_path"], job.get("overrides", []))
     tp, mp = params.train, params.model(job["model"])
@@ -155,10 +166,12 @@ def worker(job: dict) -> None:
     if acc.is_main_process:
         atomic_write(rd.fsdp(mp.name), json.dumps(check, indent=2))
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0}
-    if tp.resume and rd.checkpoints(mp.name):
-        state = load_checkpoint(acc, model, optimizer, scheduler, rd.checkpoints(mp.name)[-1])
+    if tp.resume and rd.checkpoints(mp.name):  # the launcher checked the checkpoint's fingerprint (prepare_run)
+        trainer = load_checkpoint(acc, model, optimizer, scheduler, rd.checkpoints(mp.name)[-1])
+        state = {k: trainer[k] for k in state}
         acc.print(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batches_in_epoch']})")
-    log = _MetricsLog(rd, mp.name, acc, resumed_at=state["step"])
+    fingerprint = job.get("fingerprint")
+    log = MetricsLog(rd, mp.name, acc, resumed_at=state["step"], total=total, n_params=global_parameters(model))
     model.train()
     stop_after = job.get("stop_after")
     done = state["step"] >= total
@@ -182,10 +195,11 @@ def worker(job: dict) -> None:
             if not acc.sync_gradients:
                 continue
             state["step"] += 1
-            log.step(state, scheduler.get_last_lr()[0], grad_norm, model, tp.logging_steps)
+            log.step(state, scheduler.get_last_lr()[0], grad_norm, tp.logging_steps)
             done = state["step"] >= total or state["step"] == stop_after
             if state["step"] % tp.save_steps == 0 or done:
-                save_checkpoint(acc, model, optimizer, scheduler, rd, mp.name, dict(state), tp.save_total_limit)
+                ckpt_state = {**state, "fingerprint": fingerprint}
+                save_checkpoint(acc, model, optimizer, scheduler, rd, mp.name, ckpt_state, tp.save_total_limit)
             if done:
                 break
         else:
@@ -206,6 +220,7 @@ def worker(job: dict) -> None:
                     "total_steps": total,
                     "final": str(final),
                     "fsdp": check,
+                    "fingerprint": fingerprint,
                     **log.summary(),
                 },
                 indent=2,
@@ -247,75 +262,6 @@ def _apply_lora(model, lp, card):
     return get_peft_model(model, cfg)
 
 
-class _MetricsLog:
-    """``metrics.jsonl`` + TensorBoard on the main process: loss, lr, grad norm, real tokens/s, MFU on GPU."""
-
-    def __init__(self, rd: RunDir, name: str, acc, resumed_at: int):
-        self.acc, self.path = acc, rd.metrics(name)
-        self.t0, self.losses, self.all_tokens = time.perf_counter(), [], 0
-        self.first_loss = self.last_loss = None
-        self.writer = None
-        if acc.is_main_process:
-            self.writer = SummaryWriter(str(rd.tensorboard(name)))
-            if resumed_at == 0 and self.path.exists():
-                self.path.unlink()
-
-    def add(self, loss, real_tokens: int) -> None:
-        self.losses.append(loss.detach().float())
-        self.all_tokens += int(real_tokens)
-
-    def step(self, state: dict, lr: float, grad_norm, model, every: int) -> None:
-        loss = self.acc.reduce(torch.stack(self.losses).mean(), reduction="mean").item()
-        tokens = self.acc.reduce(torch.tensor(self.all_tokens), reduction="sum").item()
-        elapsed = time.perf_counter() - self.t0
-        row = {
-            "step": state["step"],
-            "epoch": state["epoch"],
-            "loss": loss,
-            "lr": lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "tokens": tokens,
-            "seconds": elapsed,
-            "tokens_per_s": tokens / elapsed if elapsed else None,
-        }
-        row["mfu"] = _mfu(model, row["tokens_per_s"], self.acc.num_processes)
-        self.first_loss = loss if self.first_loss is None else self.first_loss
-        self.last_loss = loss
-        self.losses, self.all_tokens, self.t0 = [], 0, time.perf_counter()
-        if self.acc.is_main_process and (state["step"] % every == 0 or state["step"] == 1):
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "mfu"):
-                if row[k] is not None:
-                    self.writer.add_scalar(f"train/{k}", row[k], state["step"])
-            self.writer.flush()
-
-    def summary(self) -> dict:
-        """First and last logged loss of the whole run, resumed parts included (read back from metrics.jsonl)."""
-        if self.writer is not None:
-            self.writer.close()
-        first, last = self.first_loss, self.last_loss
-        if self.acc.is_main_process and self.path.is_file():
-            rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if rows:
-                first, last = rows[0]["loss"], rows[-1]["loss"] if last is None else last
-        return {"first_loss": first, "last_loss": last}
-
-
-def _mfu(model, tokens_per_s, world: int) -> float | None:
-    """Model FLOPs utilisation on GPU: 6 · parameters · tokens/s over the card's dense bf16 peak."""
-    if not tokens_per_s or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-    if peak is None:
-        return None
-    n = sum(p.numel() for p in model.parameters()) * (
-        world if any(hasattr(p, "to_local") for p in model.parameters()) else 1
-    )
-    return 6 * n * tokens_per_s / (peak * world)
-
-
 # --------------------------------------------------------------------------------------------- launching
 
 
@@ -332,15 +278,18 @@ def launch(
     params = load_params(params_path, overrides)
     mp = params.model(model)
     stats = build_dataset(params, mp, run_dir)
+    n = params.train.num_processes
+    fingerprint, finished = prepare_run(params, mp, RunDir(run_dir), n)
+    if finished is not None:
+        return {**finished, "data": stats, "reused": True}
     job = {
         "params_path": str(Path(params_path).resolve()),
         "overrides": list(overrides),
         "run_dir": str(Path(run_dir).resolve()),
         "model": model,
         "stop_after": stop_after,
+        "fingerprint": fingerprint,
     }
-
-    n = params.train.num_processes
     cpu = trains_on_cpu(params.train)
     print(
         f"Training {model}: {n} worker process(es) on {'CPU (gloo)' if cpu else 'GPU'} "
@@ -348,9 +297,31 @@ def launch(
         "launcher below may call them CUDAs either way.",
         flush=True,
     )
-    notebook_launcher(worker, args=(job,), num_processes=n, use_port=str(params.train.main_process_port))
+    if n == 1:  # accelerate would run it inside this process (the notebook kernel), its state kept afterwards
+        _worker_in_child(job)
+    else:
+        notebook_launcher(worker, args=(job,), num_processes=n, use_port=str(params.train.main_process_port))
     summary = RunDir(run_dir).read_train_summary(model) or {}
     return {**summary, "data": stats}
+
+
+def _worker_in_child(job: dict) -> None:
+    """``worker(job)`` in a child process, its output relayed line by line (the notebook cell shows progress)."""
+    code = "import json, sys; from llm4academic import train; train.worker(json.loads(sys.argv[1]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(job)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    try:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            tail.append(line)
+    finally:
+        if proc.poll() is None:  # interrupted: the worker goes with the cell
+            proc.terminate()
+        proc.wait()
+    if proc.returncode != 0:
+        raise KitError(f"training {job['model']}: the worker process failed (exit {proc.returncode}):\n{''.join(tail)}")
 
 
 def launch_all(params_path: str | Path, run_dir: str | Path, overrides: list[str] | tuple = ()) -> dict[str, dict]:
@@ -376,14 +347,18 @@ def run_distributed(
     with state.local_main_process_first():
         if state.is_local_main_process:
             build_dataset(params, mp, run_dir)
-    worker(
-        {
-            "params_path": str(Path(params_path).resolve()),
-            "overrides": list(overrides),
-            "run_dir": str(Path(run_dir).resolve()),
-            "model": model,
-        }
-    )
+        fingerprint, finished = prepare_run(params, mp, RunDir(run_dir), state.num_processes, state.is_main_process)
+    state.wait_for_everyone()  # the main process has cleared an old run (train.resume: false)
+    if finished is None:
+        worker(
+            {
+                "params_path": str(Path(params_path).resolve()),
+                "overrides": list(overrides),
+                "run_dir": str(Path(run_dir).resolve()),
+                "model": model,
+                "fingerprint": fingerprint,
+            }
+        )
     state.destroy_process_group()
 
 

@@ -1,6 +1,8 @@
 """The browser check (tests/browser.py) on small synthetic pages, in headless Chromium, offline.
 
-These tests fail, not skip, when Chromium is missing: `make test` installs it (scripts/install-system-deps).
+The tests marked ``browser`` need Chromium: `make test` installs it (scripts/install-system-deps). Where it is
+missing and cannot be installed (not root, no password-less sudo) they skip, saying why and the install command;
+under ``CI=true`` they fail instead (tests/conftest.py's ``browser_gate``, tested at the end of this file).
 """
 
 import base64
@@ -13,8 +15,6 @@ from browser import Browser, check_page, chromium_available
 from conftest import write
 
 from llm4academic.config import KitError
-
-pytestmark = pytest.mark.browser
 
 SELECTORS = {"leaderboard": "table#leaderboard", "figures": "img"}
 
@@ -50,13 +50,12 @@ def page(body: str, head: str = "", title: str = "study report") -> str:
 
 @pytest.fixture(scope="module")
 def browser():
-    why = chromium_available()
-    if why:
-        pytest.fail(f"the browser check cannot run: {why}", pytrace=False)
+    assert chromium_available() is None  # conftest's browser_gate has skipped or failed the test otherwise
     with Browser() as b:
         yield b
 
 
+@pytest.mark.browser
 def test_good_page_passes_with_a_full_width_screenshot(browser, tmp_path):
     html = write(
         tmp_path / "index.html",
@@ -78,6 +77,7 @@ def test_good_page_passes_with_a_full_width_screenshot(browser, tmp_path):
     assert "tiny-llama" in report.inner_text
 
 
+@pytest.mark.browser
 def test_console_error_and_uncaught_exception_are_reported(browser, tmp_path):
     html = write(
         tmp_path / "bad.html",
@@ -91,6 +91,7 @@ def test_console_error_and_uncaught_exception_are_reported(browser, tmp_path):
     assert report.elements["leaderboard"].visible and report.elements["figures"].visible
 
 
+@pytest.mark.browser
 def test_errors_of_an_earlier_page_do_not_leak_into_the_next(browser, tmp_path):
     write(tmp_path / "a.html", page("<script>console.error('from a')</script>"))
     browser.check(tmp_path / "a.html", tmp_path / "a.png")
@@ -98,6 +99,7 @@ def test_errors_of_an_earlier_page_do_not_leak_into_the_next(browser, tmp_path):
     assert report.console_errors == [] and report.problems() == []
 
 
+@pytest.mark.browser
 def test_hidden_table_and_broken_image_are_not_visible(browser, tmp_path):
     html = write(
         tmp_path / "hidden.html",
@@ -113,6 +115,7 @@ def test_hidden_table_and_broken_image_are_not_visible(browser, tmp_path):
     assert "ERR_FILE_NOT_FOUND" in problems  # the missing file is also a console error
 
 
+@pytest.mark.browser
 def test_hidden_by_ancestor_or_visibility_and_missing_elements(browser, tmp_path):
     html = write(
         tmp_path / "more.html",
@@ -128,6 +131,7 @@ def test_hidden_by_ancestor_or_visibility_and_missing_elements(browser, tmp_path
     assert "nothing: no element matches '#no-such-thing'" in report.problems()
 
 
+@pytest.mark.browser
 def test_cdn_script_fails_offline(browser, tmp_path):
     """The pages must work offline: a script from a CDN cannot load, and that is a console error."""
     html = write(
@@ -139,6 +143,7 @@ def test_cdn_script_fails_offline(browser, tmp_path):
     assert any("ERR_INTERNET_DISCONNECTED" in e for e in report.console_errors), report.console
 
 
+@pytest.mark.browser
 def test_real_host_is_not_reached(browser, tmp_path):
     """Even an image from a well-known host (which would resolve online) does not load."""
     html = write(tmp_path / "net.html", page('<img src="https://www.google.com/favicon.ico">'))
@@ -146,6 +151,7 @@ def test_real_host_is_not_reached(browser, tmp_path):
     assert not report.elements["figures"].visible and report.console_errors, report.console
 
 
+@pytest.mark.browser
 def test_escaped_script_is_text_and_does_not_run(browser, tmp_path):
     payload = "<script>window.__pwned = 1; alert(1)</script>"
     escaped = payload.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -156,6 +162,7 @@ def test_escaped_script_is_text_and_does_not_run(browser, tmp_path):
     assert report.dialogs == [] and report.problems() == []
 
 
+@pytest.mark.browser
 def test_a_dialog_is_recorded_not_blocking(browser, tmp_path):
     """The same payload unescaped does run: the check sees it (and the dialog does not hang the browser)."""
     html = write(tmp_path / "ran.html", page("<p><script>window.__pwned = 1; alert(1)</script></p>"))
@@ -164,6 +171,7 @@ def test_a_dialog_is_recorded_not_blocking(browser, tmp_path):
     assert report.dialogs == ["alert(1)"] and "the page opened a dialog: alert(1)" in report.problems()
 
 
+@pytest.mark.browser
 def test_invalid_selector_and_missing_page(browser, tmp_path):
     html = write(tmp_path / "x.html", page("<p>x</p>"))
     with pytest.raises(ValueError, match="invalid CSS selector"):
@@ -172,9 +180,8 @@ def test_invalid_selector_and_missing_page(browser, tmp_path):
         browser.check(tmp_path / "nope.html", tmp_path / "nope.png")
 
 
+@pytest.mark.browser
 def test_check_page_starts_and_closes_its_own_browser(tmp_path):
-    if chromium_available():
-        pytest.fail(f"the browser check cannot run: {chromium_available()}", pytrace=False)
     html = write(tmp_path / "one.html", page(TABLE.format(style="")))
     report = check_page(html, tmp_path / "one.png", {"leaderboard": "#leaderboard"})
     assert report.ok and (tmp_path / "one.png").stat().st_size > 0
@@ -186,3 +193,75 @@ def test_missing_chromium_is_a_clear_error(monkeypatch, tmp_path):
     assert why and "no-chromium" in why and "scripts/install-system-deps" in why
     with pytest.raises(KitError, match="install-system-deps"):
         check_page(write(tmp_path / "p.html", page("x")), tmp_path / "p.png")
+
+
+@pytest.fixture
+def no_chromium_not_root(monkeypatch, tmp_path):
+    """A fake machine: no Chromium, a Debian system, not root, no sudo, CI unset."""
+    import conftest
+
+    monkeypatch.setattr(browser_mod, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setattr(browser_mod, "CHROMEDRIVER", tmp_path / "no-chromedriver")
+    monkeypatch.setattr(conftest.os, "geteuid", lambda: 1000)
+    real_which = conftest.shutil.which
+    monkeypatch.setattr(
+        conftest.shutil,
+        "which",
+        lambda cmd, *a, **kw: (
+            None if cmd == "sudo" else ("/usr/bin/apt-get" if cmd == "apt-get" else real_which(cmd, *a, **kw))
+        ),
+    )
+    monkeypatch.delenv("CI", raising=False)
+    return conftest
+
+
+def test_without_chromium_or_root_the_browser_tests_skip_with_the_install_command(no_chromium_not_root):
+    conftest = no_chromium_not_root
+    kind, reason = conftest.browser_gate()
+    assert kind == "skip", reason
+    assert "not root" in reason and "no-chromium" in reason
+    assert "apt-get install -y --no-install-recommends chromium chromium-driver" in reason
+    assert conftest.SYSDEPS_INSTALL in reason and "CI=true" in reason
+
+
+def test_under_ci_a_missing_chromium_fails_the_browser_tests(no_chromium_not_root, monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    kind, reason = no_chromium_not_root.browser_gate()
+    assert kind == "fail" and "CI=true" in reason and "no-chromium" in reason
+
+
+def test_where_it_could_be_installed_a_missing_chromium_fails(no_chromium_not_root, monkeypatch):
+    """Root (or password-less sudo) on Debian: `make test` installs Chromium, so a missing one is a failure."""
+    monkeypatch.setattr(no_chromium_not_root.os, "geteuid", lambda: 0)
+    kind, reason = no_chromium_not_root.browser_gate()
+    assert kind == "fail" and "install-system-deps" in reason
+
+
+def test_with_chromium_the_gate_lets_the_browser_tests_run():
+    import conftest
+
+    assert (conftest.browser_gate() is None) == (chromium_available() is None)
+
+
+def test_the_gate_runs_before_every_browser_test():
+    """The hook applies browser_gate's verdict: pytest.skip or pytest.fail before the test's fixtures."""
+    import conftest
+
+    class Item:
+        def __init__(self, marked):
+            self.marked = marked
+
+        def get_closest_marker(self, name):
+            return object() if (self.marked and name == "browser") else None
+
+    conftest.pytest_runtest_setup(Item(False))  # unmarked tests are never gated
+    saved = conftest._browser_gate_once
+    try:
+        conftest._browser_gate_once = lambda: ("skip", "why and how")
+        with pytest.raises(pytest.skip.Exception, match="why and how"):
+            conftest.pytest_runtest_setup(Item(True))
+        conftest._browser_gate_once = lambda: ("fail", "must run")
+        with pytest.raises(pytest.fail.Exception, match="must run"):
+            conftest.pytest_runtest_setup(Item(True))
+    finally:
+        conftest._browser_gate_once = saved

@@ -120,6 +120,18 @@ def test_duplicate_names_rejected(tmp_path):
         load_params(f)
 
 
+def test_duplicate_yaml_key_names_both_lines(tmp_path):
+    # PyYAML keeps the last of two equal keys silently: `seed: 3` then `seed: 4` ran with seed 4.
+    f = study_yaml(tmp_path, BASE + "seed: 4\n")
+    with pytest.raises(ConfigError, match=r"study.yaml:13: 'seed' appears twice \(first on line 2\)"):
+        load_params(f)
+    nested = study_yaml(tmp_path, BASE.replace("      max_records: 10", "      max_records: 10\n      max_records: 20"))
+    with pytest.raises(ConfigError, match=r"study.yaml:10: 'max_records' appears twice \(first on line 9\)"):
+        load_params(nested)
+    merged = study_yaml(tmp_path, BASE + "report: {<<: {show_inputs: false}, show_inputs: true}\n")
+    assert load_params(merged).report.show_inputs  # a merge key is not a repeated key
+
+
 def test_overrides_apply_and_are_validated(tmp_path):
     f = study_yaml(tmp_path, BASE)
     p = load_params(f, ["data.sources[1].max_records=3", "seed=7", "data.on_invalid=skip", "models[0].name=x"])

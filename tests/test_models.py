@@ -296,3 +296,62 @@ def test_nothing_changes_when_all_special_tokens_exist(arch, tiny_models):
     assert len(tok) == vocab and model.config.pad_token_id == models.PAD
     assert before.keys() == model.state_dict().keys()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _bin_only_copy(src, dst):
+    """A copy of a tiny checkpoint whose weights are only PyTorch's pickle (``pytorch_model.bin``), as older hub
+    checkpoints publish them (transformers 5's save_pretrained writes safetensors only)."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(src, dst)
+    torch.save(load_file(dst / "model.safetensors"), dst / "pytorch_model.bin")
+    (dst / "model.safetensors").unlink()
+    return dst
+
+
+def test_bin_only_model_is_refused_unless_the_params_allow_pickle_weights(tiny_models, tmp_path, monkeypatch):
+    import transformers
+
+    path = _bin_only_copy(tiny_models("llama"), tmp_path / "bin-only")
+    seen = []
+    real = transformers.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(
+        transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **kw: seen.append(kw) or real(*a, **kw)
+    )
+    with pytest.raises(KitError, match=r"'old'.*no \*\.safetensors.*pickle.*models\[i\]\.allow_pickle_weights: true"):
+        models.load_model(ModelParams(name="old", path=str(path)))
+    assert seen == []  # refused before loading anything
+    assert ModelParams(name="old", path=str(path)).allow_pickle_weights is False
+    model = models.load_model(ModelParams(name="old", path=str(path), allow_pickle_weights=True))
+    assert seen[-1]["use_safetensors"] is not True
+    reference = models.load_model(ModelParams(name="new", path=str(tiny_models("llama"))))
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name  # the same weights, read from the pickle
+
+
+def test_bin_only_hub_model_is_refused_with_the_kits_message(tiny_models, tmp_path, monkeypatch):
+    """A hub id: whether it has safetensors is known only when transformers looks; its error becomes the kit's."""
+    import huggingface_hub
+
+    snapshot = tmp_path / "hub" / "models--some-org--old-model" / "snapshots" / ("0" * 40)
+    _bin_only_copy(tiny_models("llama"), snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(KitError, match=r"'old'.*safetensors.*models\[i\]\.allow_pickle_weights: true"):
+        models.load_model(ModelParams(name="old", path="some-org/old-model"))
+    model = models.load_model(ModelParams(name="old", path="some-org/old-model", allow_pickle_weights=True))
+    assert model.config.model_type == "llama"
+
+
+def test_special_tokens_for_the_tokenizer_alone_match_the_models(tiny_models):
+    """The dataset is tokenised before the worker loads the model: the tokenizer alone gets the very tokens and
+    ids that the worker's tokenizer gets with the model."""
+    alone, (with_model, model) = _load(tiny_models, "opt")[0], _load(tiny_models, "opt")
+    for t in (alone, with_model):
+        t.pad_token = None
+    assert models.add_special_tokens(alone) == 1 and models.add_special_tokens(with_model, model) == 1
+    assert alone.pad_token_id == with_model.pad_token_id == model.config.pad_token_id == len(alone) - 1
+    assert alone.get_vocab() == with_model.get_vocab()

@@ -1,14 +1,18 @@
 """The study runner end to end: papermill, nbconvert HTML, manifest.json, index.html — and its failure paths."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
 import pytest
 from conftest import ROOT, SMOKE
 
+from llm4academic.base import KitError
 from llm4academic.config import ConfigError
 from llm4academic.pipeline import StudyFailed, run_study, sha256_file
 
@@ -275,3 +279,183 @@ def test_cli_run_failure_exit_code(tmp_path):
     assert "error: notebook 01_explore_data.ipynb failed at cell" in r.stderr
     assert "DataError: " in r.stderr and "alpaca_data.first1825.json:1422: field 'output' is empty" in r.stderr
     assert (tmp_path / "strict" / "index.html").is_file()
+
+
+def _trivial_notebooks(tmp_path: Path) -> Path:
+    return _failing_notebooks(tmp_path, 'print("fine")')
+
+
+def test_unresolvable_model_paths_stop_before_anything_runs(tmp_path):
+    # Before: a folder without config.json (or a hub id not in the cache, offline) was found 30 s into notebook 01.
+    (tmp_path / "typo").mkdir()
+    nbs = _trivial_notebooks(tmp_path)
+    sets = [f"models[1].path={tmp_path / 'typo'}", "evaluate.judge.model=nobody-xyz/no-such-judge"]
+    with pytest.raises(ConfigError) as e:
+        run_study(SMOKE, sets, reports_dir=tmp_path / "r", notebooks=nbs, quiet=True)
+    msg = str(e.value)
+    assert f"models[1].path: model 'tiny-bloom' ({tmp_path / 'typo'}): no config.json" in msg
+    assert "evaluate.judge.model: model 'judge' (nobody-xyz/no-such-judge): cannot read its config.json" in msg
+    assert "models[0]" not in msg and not (tmp_path / "r").exists()  # nothing ran, no run directory
+
+
+def test_a_second_concurrent_run_is_refused(tmp_path):
+    import fcntl
+
+    from llm4academic.rundir import RunDir
+
+    rd = RunDir(tmp_path / "r" / "smoke")
+    rd.root.mkdir(parents=True)
+    with open(rd.lock, "w") as held:  # another run holds the run directory's lock
+        held.write("pid 4242 on node, started then\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(KitError, match=r"is in use: another run of this study is in progress \(pid 4242"):
+            run_study(SMOKE, reports_dir=tmp_path / "r", notebooks=_trivial_notebooks(tmp_path), quiet=True)
+        assert not rd.manifest.exists()
+    manifest = run_study(
+        SMOKE, ["steps=[explore]"], reports_dir=tmp_path / "r", notebooks=tmp_path / "notebooks", quiet=True
+    )
+    assert manifest["status"] == "ok"
+    with open(rd.lock) as fh:  # released at exit
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _tree(pid: int) -> set[int]:
+    """pid and every live (non-zombie) process under it."""
+    parents = {}
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if fields[0] != "Z":
+            parents[int(name)] = int(fields[1])
+    found = {pid} & set(parents)
+    while True:
+        more = {p for p, pp in parents.items() if pp in found} - found
+        if not more:
+            return found
+        found |= more
+
+
+def _alive(pids: set[int]) -> set[int]:
+    out = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                out.add(pid)
+        except OSError:
+            pass
+    return out
+
+
+def _cli_run(tmp_path: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--reports-dir", str(tmp_path), *args]
+    # SIGINT ignored at start, as a shell starts a background job: the runner must still stop on it
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+
+
+def _stop_during_training(proc: subprocess.Popen, ckpt_dir: Path, sig: int, after: set[str]) -> tuple[set[int], str]:
+    """Wait until training has written a checkpoint beyond ``after`` with its workers up, send ``sig``; return the
+    processes that were running then and the runner's stderr."""
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        ckpts = {p.name for p in ckpt_dir.glob("checkpoint-*")} - after
+        tree = _tree(proc.pid)
+        if ckpts and len(tree) >= 5:  # runner, papermill, kernel, two workers
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()
+    tree = _tree(proc.pid)
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return tree, err
+
+
+@pytest.mark.slow
+def test_signals_stop_the_study_and_every_process(tmp_path):
+    # Before: SIGINT was ignored and the study ran on; after SIGTERM papermill, the kernel and the training workers
+    # ran on as orphans, writing checkpoints into the run directory.
+    sets = ["--set", "name=stopme", "--set", "train.max_steps=100000", "--set", "train.save_steps=5"]
+    sets += ["--set", "steps=[explore,train]", "--set", "train.save_total_limit=2"]
+    run_dir = tmp_path / "stopme"
+    ckpts = run_dir / "artifacts" / "train" / "tiny-llama"
+    proc = _cli_run(tmp_path, *sets)
+    tree, err = None, ""
+    try:
+        deadline = time.monotonic() + 400
+        while not (run_dir / ".run.lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        second = subprocess.run(  # the run directory is locked while the first run goes on
+            [sys.executable, "-m", "llm4academic", "run", str(SMOKE), "--reports-dir", str(tmp_path), *sets],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        assert second.returncode == 2 and "is in use: another run of this study is in progress" in second.stderr
+        tree, err = _stop_during_training(proc, ckpts, signal.SIGTERM, set())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    t0 = time.monotonic()
+    while _alive(tree) and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    assert not _alive(tree), f"still running: {_alive(tree)}"
+    assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM: study stopped during notebook 02_train_fsdp" in err
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["notebooks"][1]["status"] == "interrupted"
+    assert 'class="status interrupted"' in (run_dir / "index.html").read_text()
+    kept = {p.name for p in ckpts.glob("checkpoint-*")}
+    assert kept and all((ckpts / k / "trainer_state.json").is_file() for k in kept)  # complete, resumable
+    time.sleep(3)  # no orphan writes another checkpoint
+    assert {p.name for p in ckpts.glob("checkpoint-*")} == kept
+
+    # SIGINT (Ctrl-C), with SIGINT ignored at start: the rerun resumes from the checkpoint and stops likewise.
+    proc = _cli_run(tmp_path, *sets, "--only", "train")
+    try:
+        tree, err = _stop_during_training(proc, ckpts, signal.SIGINT, kept)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    t0 = time.monotonic()
+    while _alive(tree) and time.monotonic() - t0 < 10:
+        time.sleep(0.2)
+    assert not _alive(tree), f"still running: {_alive(tree)}"
+    assert proc.returncode == 128 + signal.SIGINT and "SIGINT: study stopped" in err
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and [nb["status"] for nb in m["notebooks"]] == ["ok", "interrupted"]
+    new = {int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*")} - {int(k.split("-")[1]) for k in kept}
+    assert new and min(new) > max(int(k.split("-")[1]) for k in kept)  # resumed from the kept checkpoint
+
+
+def test_a_worker_exits_with_its_parent(tmp_path):
+    # base.exit_with_parent, which train.worker calls: a worker whose kernel or launcher dies does not run on.
+    script = (
+        "import os, sys, time\n"
+        "from llm4academic.base import exit_with_parent\n"
+        "if os.fork() == 0:\n"
+        "    assert exit_with_parent()\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(60)\n"
+        "    sys.exit(0)\n"
+        "time.sleep(2)\n"  # the parent dies; the worker must die with it
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    worker = int(proc.stdout.split()[0])
+    t0 = time.monotonic()
+    while _alive({worker}) and time.monotonic() - t0 < 5:
+        time.sleep(0.1)
+    assert not _alive({worker})

@@ -360,3 +360,13 @@ def test_packing_efficiency_on_the_shipped_samples(tok):
     assert report.kept == len(lengths) > 4500
     assert packed.efficiency >= 0.9 and packed.tokens == report.tokens
     assert 0.3 < padded < packed.efficiency
+
+
+def test_a_tokenizer_without_eos_is_the_kits_error_naming_it(tok):
+    from llm4academic.base import KitError
+
+    t = tok("llama")
+    t.eos_token = None
+    with pytest.raises(KitError, match="has no EOS token") as e:
+        sft.framing(t)
+    assert t.name_or_path in str(e.value) and "eos_token" in str(e.value) and "train step" in str(e.value)

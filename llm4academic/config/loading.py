@@ -1,6 +1,7 @@
 """Loading a study's params: YAML in, ``--set`` overrides applied to the raw tree, validated ``StudyParams`` out.
 
-Problems are ``ConfigError``s that name the params file, the line (found through the YAML node tree) and the key path
+A key given twice in one mapping is an error naming both lines. Problems are ``ConfigError``s that name the params
+file, the line (found through the YAML node tree) and the key path
 (``data.sources[1].path``); a problem in an override names the ``--set`` it came from.
 """
 
@@ -15,7 +16,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..base import unique_key_loader
 from .schema import ConfigError, StudyParams
+
+_UniqueKeyLoader = unique_key_loader(ConfigError)  # `seed: 1` then `seed: 2` is an error naming both lines
 
 _KEY = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 
@@ -106,13 +110,17 @@ def load_params(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Study
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     text = path.read_text(encoding="utf-8")
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
     try:
-        raw = yaml.safe_load(text)
-        root = yaml.compose(text)
+        raw = loader.get_single_data()
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ConfigError(f"{where}: not valid YAML: {getattr(e, 'problem', None) or e}") from None
+    finally:
+        loader.dispose()
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -179,6 +179,11 @@ class ModelParams(_Strict):
     template: TemplateName | None = Field(default=None, description="prompt template; default: the card's")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
+    allow_pickle_weights: bool = Field(
+        default=False,
+        description="load PyTorch .bin weights when the checkpoint has no safetensors: a risk, since unpickling a "
+        "file runs any code its author put in it; only for checkpoints from a source you trust",
+    )
 
     @field_validator("path")
     @classmethod
