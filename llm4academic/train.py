@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -93,9 +94,14 @@ def build_dataset(params: StudyParams, mp: ModelParams, run_dir: str | Path) -> 
         stats["packing"] = True
         tokenized, pack_report = packing.pack(tokenized, tp.max_length)
         stats["pack"] = pack_report.to_dict()
-    if rd.dataset(mp.name).exists():
-        shutil.rmtree(rd.dataset(mp.name))
-    tokenized.save_to_disk(str(rd.dataset(mp.name)))
+    final = rd.dataset(mp.name)
+    partial = final.with_name(f".{final.name}.partial")  # written whole, then renamed: never half a dataset
+    if partial.exists():
+        shutil.rmtree(partial)
+    tokenized.save_to_disk(str(partial))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
     atomic_write(rd.data_stats(mp.name), json.dumps(stats, indent=2))
     return stats
 
@@ -335,7 +341,8 @@ def run_distributed(
     params_path: str | Path, run_dir: str | Path, model: str | None, overrides: list[str] | tuple = ()
 ) -> None:
     """``llm4academic train``: this process is one of the workers that ``accelerate launch`` / torchrun started.
-    The local main process of each node builds the dataset first; then every process runs ``worker``."""
+    Only the global main process builds the dataset (into a temporary name, then renamed; the run directory is
+    shared by every node), the others wait for it; then every process runs ``worker``."""
     params = load_params(params_path, overrides)
     names = [m.name for m in params.trained_models]
     if model is None and len(names) != 1:
@@ -344,8 +351,8 @@ def run_distributed(
     mp = params.model(model)
     on_cpu = trains_on_cpu(params.train)
     state = PartialState(cpu=on_cpu)
-    with state.local_main_process_first():
-        if state.is_local_main_process:
+    with state.main_process_first():
+        if state.is_main_process:
             build_dataset(params, mp, run_dir)
         fingerprint, finished = prepare_run(params, mp, RunDir(run_dir), state.num_processes, state.is_main_process)
     state.wait_for_everyone()  # the main process has cleared an old run (train.resume: false)

@@ -1,14 +1,17 @@
 """Training under FSDP on 2 CPU processes (launched by accelerate's notebook_launcher): FSDP really engages,
 the loss falls, the consolidated checkpoint reloads, and a resumed run ends where an uninterrupted one does."""
 
+import contextlib
 import json
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
 from conftest import ROOT, SMOKE
 
+from llm4academic import train
 from llm4academic.config import ModelParams, load_params
 from llm4academic.models import load_model, load_tokenizer
 from llm4academic.rundir import RunDir
@@ -368,3 +371,51 @@ def test_special_tokens_are_added_before_the_dataset_is_tokenised(tiny_models, t
     assert eos is not None and stats["records"] > 0
     ds = train.sft_dataset(RunDir(tmp_path / "run").dataset("gal"))
     assert sum(labels.count(eos) for labels in ds["labels"]) > 0  # replies end with the worker's EOS (unless cut)
+
+
+class _FakeState:
+    """A node's second GPU process on a multi-node run: the main process of its node, not of the run."""
+
+    num_processes, is_main_process, is_local_main_process = 8, False, True
+
+    def __init__(self, cpu=False):
+        pass
+
+    @contextlib.contextmanager
+    def main_process_first(self):
+        yield
+
+    local_main_process_first = main_process_first
+
+    def wait_for_everyone(self):
+        pass
+
+    def destroy_process_group(self):
+        pass
+
+
+def test_only_the_global_main_process_builds_the_dataset(monkeypatch, tmp_path):
+    """Every node's local main process used to delete and rewrite dataset/ in the shared run dir (a race)."""
+    built = []
+    monkeypatch.setattr(train, "PartialState", _FakeState)
+    monkeypatch.setattr(train, "build_dataset", lambda *a, **k: built.append(a))
+    monkeypatch.setattr(train, "prepare_run", lambda *a, **k: (None, {"steps": 1}))  # finished: no worker
+    train.run_distributed(SMOKE, tmp_path, "tiny-llama")
+    assert built == []
+
+
+def test_the_dataset_is_written_whole_then_renamed(monkeypatch, tmp_path):
+    params = load_params(SMOKE, SMALL)
+    mp = params.model("tiny-llama")
+    train.build_dataset(params, mp, tmp_path)
+    dataset = RunDir(tmp_path).dataset("tiny-llama")
+    before = sorted(p.name for p in dataset.iterdir())
+    assert before and not list(dataset.parent.glob(".*partial"))
+
+    def broken(self, path, *a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", broken)
+    with pytest.raises(OSError, match="disk full"):
+        train.build_dataset(params, mp, tmp_path)
+    assert sorted(p.name for p in dataset.iterdir()) == before  # the old dataset is still whole
