@@ -30,13 +30,14 @@ from tqdm.auto import tqdm
 from ..zbench import PROVENANCE
 from .endpoint_http import EndpointClient, JudgeFailure
 from .replies import read_reply, row_grade
-from .tables import FALLBACK_MODEL, SCORE_COLUMNS, ScoringError, answer_items
+from .tables import FALLBACK_MODEL, SCORE_COLUMNS, answer_items
 from .text import cell_text
 from .verdict_cache import VerdictCache
 from .verdicts import (
     PAIRWISE_COLUMNS,
     Grade,
     Verdict,
+    baseline_pairs,
     combine_orders,
     grading_prompt,
     pairwise_prompt,
@@ -301,14 +302,7 @@ def endpoint_pairwise_scores(
     then as B); an item counts only when both orders parsed, else each failed order is listed in
     ``attrs["failures"]`` (``order`` ``AB`` / ``BA``). Columns as ``pairwise_scores``."""
     items = answer_items(answers, zbench)
-    own = answers[answers["model"] == baseline].set_index("item_id")["answer"]
-    if own.empty and baseline not in items.columns:
-        raise ScoringError(
-            f"no answers of the baseline {baseline!r} (evaluate.judge.baseline): neither rows of that model in the "
-            "answers nor a Z-Bench column of that name"
-        )
-    base = own if not own.empty else items[baseline]
-    todo = answers[(answers["model"] != baseline) & answers["item_id"].isin(base.index)]
+    base, todo = baseline_pairs(answers, items, baseline)
     plan, asks = [], {}
     for rec in todo.itertuples(index=False):
         answer, reference = cell_text(rec.answer), cell_text(base[rec.item_id])

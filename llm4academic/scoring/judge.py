@@ -22,6 +22,7 @@ from .verdicts import (
     SCORE_STRINGS,
     Grade,
     Verdict,
+    baseline_pairs,
     combine_orders,
     grading_prompt,
     pairwise_prompt,
@@ -196,14 +197,7 @@ def pairwise_scores(
     ``against`` = the baseline) plus ``verdict``, ``first``, ``second``, ``consistent``. Items where either answer is
     empty are skipped; the baseline is not compared with itself. ``pairwise_summary`` counts the position bias."""
     items = answer_items(answers, zbench)
-    own = answers[answers["model"] == baseline].set_index("item_id")["answer"]
-    if own.empty and baseline not in items.columns:
-        raise ScoringError(
-            f"no answers of the baseline {baseline!r}: neither rows of that model in the answers "
-            "nor a Z-Bench column of that name"
-        )
-    base = own if not own.empty else items[baseline]
-    todo = answers[(answers["model"] != baseline) & answers["item_id"].isin(base.index)]
+    base, todo = baseline_pairs(answers, items, baseline)
     rows = []
     for rec in tqdm(
         todo.itertuples(index=False),

@@ -192,3 +192,16 @@ def pairwise_row(rec, baseline: str, v: Verdict) -> tuple:
     """One row of a pairwise table (``PAIRWISE_COLUMNS``) for answer ``rec`` judged against ``baseline``."""
     return (rec.item_id, rec.split, rec.model, "pairwise", v.score, baseline, v.outcome, v.first, v.second,
             v.consistent)  # fmt: skip
+
+
+def baseline_pairs(answers: pd.DataFrame, items: pd.DataFrame, baseline: str) -> tuple[pd.Series, pd.DataFrame]:
+    """For pairwise judging: the baseline's answer per item — its rows in ``answers``, else the Z-Bench column of
+    that name — and the other models' answers to the items it answered."""
+    own = answers[answers["model"] == baseline].set_index("item_id")["answer"]
+    if own.empty and baseline not in items.columns:
+        raise ScoringError(
+            f"no answers of the baseline {baseline!r} (evaluate.judge.baseline): neither rows of that model in the "
+            "answers nor a Z-Bench column of that name"
+        )
+    base = own if not own.empty else items[baseline]
+    return base, answers[(answers["model"] != baseline) & answers["item_id"].isin(base.index)]
