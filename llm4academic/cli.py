@@ -93,7 +93,7 @@ def evaluate(
     set_: SetOpt = None,
     run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None,
 ):
-    """Answer and score the study's Z-Bench slice (what 03_evaluate_zbench.ipynb runs), without the notebook."""
+    """Answer and score the study's Z-Bench slice (what 04_evaluate_zbench.ipynb runs), without the notebook."""
     from . import evaluate as ev
     from .base import default_reports_dir
 
@@ -112,7 +112,7 @@ def compare(
     out: Annotated[Path | None, typer.Option(help="default: reports/compare-<study>-<study>…")] = None,
     timeout_s: Annotated[int, typer.Option(help="stop the notebook after this many seconds")] = 3600,
 ):
-    """Compare finished studies in one report (04_compare_models over all of them) → <out>/index.html.
+    """Compare finished studies in one report (05_compare_models over all of them) → <out>/index.html.
 
     Refuses studies that evaluated different Z-Bench items or used different scorers or judges.
     """

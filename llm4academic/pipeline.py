@@ -368,7 +368,7 @@ def run_comparison(
     notebooks: str | os.PathLike | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
-    """``04_compare_models`` over finished studies (e.g. the seed's recipes run separately on a cluster) →
+    """``05_compare_models`` over finished studies (e.g. the seed's recipes run separately on a cluster) →
     ``<out>/index.html``. Refuses (``CompareError``, before running anything) studies whose Z-Bench slices,
     scorers or judges differ."""
     setup_environment()

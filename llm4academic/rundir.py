@@ -11,6 +11,10 @@ This module is the only place that spells a path inside a run directory; everyth
       artifacts/train/     checkpoints.json (the index the evaluate step reads)
         <model>/           dataset/ · data_stats.json · fsdp.json · metrics.jsonl · tensorboard/ ·
                            checkpoint-<step>/ · final/ · summary.json         train (train.py)
+      artifacts/align/     pairs/ (train · held_out) · pairs_report.json · checkpoints.json (the index the evaluate
+                           step reads) · held_out.csv (reward accuracy, SFT vs DPO) · examples.json
+        <model>/           the align run of one DPO model (e.g. tiny-llama-tuned-dpo): distributed.json ·
+                           metrics.jsonl · tensorboard/ · checkpoint-<step>/ · final/ · summary.json   align (align.py)
       artifacts/generations/  <model>-<hash>.jsonl (the answer cache)      evaluate (generate.py)
       artifacts/judge_cache.jsonl  the endpoint judge's replies            evaluate (scoring/endpoint.py)
       artifacts/evaluate/  evaluate.json · scores|answers|judge|pairwise.parquet · summary.csv · by_tag.csv ·
@@ -35,8 +39,9 @@ from .base import atomic_write, read_json, write_json
 NOTEBOOKS: dict[str, str] = {
     "explore": "01_explore_data.ipynb",
     "train": "02_train_fsdp.ipynb",
-    "evaluate": "03_evaluate_zbench.ipynb",
-    "compare": "04_compare_models.ipynb",
+    "align": "03_align_dpo.ipynb",
+    "evaluate": "04_evaluate_zbench.ipynb",
+    "compare": "05_compare_models.ipynb",
 }
 EVALUATE_TABLES: tuple[str, ...] = ("scores", "answers", "judge", "pairwise")  # parquet, under artifacts/evaluate/
 COMPARE_TABLES: tuple[str, ...] = (
@@ -50,6 +55,27 @@ COMPARE_TABLES: tuple[str, ...] = (
     "judge_agreement",
     "truncation",
 )  # CSV, under artifacts/compare/
+
+
+# How the evaluate step names the models a study produces: ``<base>-tuned`` (the train step's SFT model of
+# ``<base>``), ``<start>-dpo`` (the align step's DPO model started from ``<start>``: ``<base>-tuned-dpo`` after SFT,
+# ``<base>-dpo`` straight from the base model).
+FINGERPRINT_FILE = "run_fingerprint.json"  # written last into an align checkpoint: the run that wrote it
+TUNED_SUFFIX = "-tuned"
+DPO_SUFFIX = "-dpo"
+STAGES: tuple[str, ...] = ("base", "sft", "dpo", "sft+dpo")
+
+
+def lineage(model: str) -> tuple[str, str]:
+    """``(base, stage)`` of a studied model's name: ``x`` → (x, base), ``x-tuned`` → (x, sft), ``x-dpo`` →
+    (x, dpo), ``x-tuned-dpo`` → (x, sft+dpo)."""
+    dpo = model.endswith(DPO_SUFFIX)
+    rest = model.removesuffix(DPO_SUFFIX) if dpo else model
+    sft = rest.endswith(TUNED_SUFFIX)
+    base = rest.removesuffix(TUNED_SUFFIX) if sft else rest
+    return base, {(False, False): "base", (True, False): "sft", (False, True): "dpo", (True, True): "sft+dpo"}[
+        (sft, dpo)
+    ]
 
 
 class RunDir:
@@ -186,6 +212,72 @@ class RunDir:
         found = [p for p in self.model_dir(model).glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
+    # ----------------------------------------------------------------------------------------- align (DPO)
+    @property
+    def align_dir(self) -> Path:
+        return self.artifacts / "align"
+
+    @property
+    def align_pairs(self) -> Path:
+        """The preference pairs as ``datasets.DatasetDict.save_to_disk`` wrote them: ``train`` and ``held_out``
+        (pairs the DPO run never trains on)."""
+        return self.align_dir / "pairs"
+
+    @property
+    def align_pairs_report(self) -> Path:
+        """Pairs read, kept, and skipped by reason (no pair, identical, empty, prompt too long), per source."""
+        return self.align_dir / "pairs_report.json"
+
+    @property
+    def align_index(self) -> Path:
+        """Each DPO model's final checkpoint: what the evaluate step loads (``<start>-dpo``)."""
+        return self.align_dir / "checkpoints.json"
+
+    @property
+    def align_held_out(self) -> Path:
+        """Held-out preference accuracy of every start (SFT or base) and DPO model, with intervals."""
+        return self.align_dir / "held_out.csv"
+
+    @property
+    def align_examples(self) -> Path:
+        """A few held-out prompts answered by the start model and the DPO model (plain text)."""
+        return self.align_dir / "examples.json"
+
+    def align_model_dir(self, model: str) -> Path:
+        """One DPO run's folder, named by the model it produces (``<start>-dpo``)."""
+        return self.align_dir / model
+
+    def align_dataset(self, model: str) -> Path:
+        """The pairs tokenised for the DPO run (``prompt_ids``, ``chosen_ids``, ``rejected_ids``), as trained."""
+        return self.align_model_dir(model) / "dataset"
+
+    def align_data_stats(self, model: str) -> Path:
+        """Pairs tokenised, skipped (prompt too long) and cut (reply past ``align.max_length``) for the run."""
+        return self.align_model_dir(model) / "data_stats.json"
+
+    def align_distributed(self, model: str) -> Path:
+        """What engaged in the align workers: distributed type, processes, FSDP version."""
+        return self.align_model_dir(model) / "distributed.json"
+
+    def align_metrics(self, model: str) -> Path:
+        return self.align_model_dir(model) / "metrics.jsonl"
+
+    def align_tensorboard(self, model: str) -> Path:
+        return self.align_model_dir(model) / "tensorboard"
+
+    def align_summary(self, model: str) -> Path:
+        return self.align_model_dir(model) / "summary.json"
+
+    def align_final(self, model: str) -> Path:
+        """The DPO model's consolidated checkpoint (safetensors)."""
+        return self.align_model_dir(model) / "final"
+
+    def align_checkpoints(self, model: str) -> list[Path]:
+        """Completed align checkpoints (the trainer's ``checkpoint-<step>``, complete once the kit has written its
+        ``run_fingerprint.json`` into it), oldest first."""
+        found = [p for p in self.align_model_dir(model).glob("checkpoint-*") if (p / FINGERPRINT_FILE).is_file()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
     # ----------------------------------------------------------------------------------------- evaluate
     @property
     def generations(self) -> Path:
@@ -257,6 +349,29 @@ class RunDir:
         index = {"models": entries}
         atomic_write(self.checkpoint_index, json.dumps(index, indent=2))
         return index
+
+    def read_align_index(self) -> list[dict[str, Any]]:
+        """``[{model, base, start, final, steps, last_loss}, …]`` — ``model`` is the DPO model's name
+        (``<start>-dpo``), ``start`` the model it started from (``<base>-tuned`` or ``<base>``); empty when no
+        align step ran."""
+        return (read_json(self.align_index) or {}).get("models", [])
+
+    def write_align_index(self, entries: list[dict[str, Any]]) -> dict[str, Any]:
+        index = {"models": entries}
+        atomic_write(self.align_index, json.dumps(index, indent=2))
+        return index
+
+    def read_align_summary(self, model: str) -> dict[str, Any] | None:
+        return read_json(self.align_summary(model))
+
+    def read_align_metrics(self, model: str) -> pd.DataFrame:
+        """One row per logged DPO step (``step, epoch, loss, lr, grad_norm, rewards/accuracies, rewards/margins,
+        rewards/chosen, rewards/rejected, logps/chosen, logps/rejected, kl/implicit, …``)."""
+        path = self.align_metrics(model)
+        return pd.read_json(path, lines=True) if path.is_file() and path.stat().st_size else pd.DataFrame()
+
+    def read_align_held_out(self) -> pd.DataFrame | None:
+        return pd.read_csv(self.align_held_out) if self.align_held_out.is_file() else None
 
     def read_train_summary(self, model: str) -> dict[str, Any] | None:
         return read_json(self.train_summary(model))

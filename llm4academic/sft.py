@@ -232,3 +232,20 @@ def encode_prompt(record: dict, tokenizer, template: str) -> list[int]:
         segments = segments[:-1]
     fr = framing(tokenizer)
     return _causal(segments, encode_segments(tokenizer, [[t for t, _ in segments]], fr)[0], fr)[0]
+
+
+def encode_pairs(prompts: list[list[dict]], chosen: list[str], rejected: list[str], tokenizer, template: str):
+    """Preference pairs as SFT trains and generation prompts: ``(prompt_ids, chosen_ids, rejected_ids)`` per pair.
+    The prompt is the dialogue before the last reply (``encode_prompt``); each reply is encoded as SFT encodes a
+    reply segment (after the prompt, ``ANCHOR`` trick) and ends with the EOS id. One tokenizer call for the batch."""
+    fr = framing(tokenizer)
+    rendered = []
+    for turns in prompts:
+        segments = render({"conversation": [*turns, {"role": "assistant", "content": "-"}]}, template)[:-1]
+        rendered.append(segments)
+    texts = [[*(t for t, _ in segs), c, r] for segs, c, r in zip(rendered, chosen, rejected, strict=True)]
+    out = []
+    for segs, ids in zip(rendered, encode_segments(tokenizer, texts, fr), strict=True):
+        prompt = _causal(segs, ids[:-2], fr)[0]
+        out.append((prompt, [*ids[-2], fr.eos], [*ids[-1], fr.eos]))
+    return out

@@ -304,16 +304,17 @@ def launch(
         flush=True,
     )
     if n == 1:  # accelerate would run it inside this process (the notebook kernel), its state kept afterwards
-        _worker_in_child(job)
+        worker_in_child(job, "llm4academic.train")
     else:
         notebook_launcher(worker, args=(job,), num_processes=n, use_port=str(params.train.main_process_port))
     summary = RunDir(run_dir).read_train_summary(model) or {}
     return {**summary, "data": stats}
 
 
-def _worker_in_child(job: dict) -> None:
-    """``worker(job)`` in a child process, its output relayed line by line (the notebook cell shows progress)."""
-    code = "import json, sys; from llm4academic import train; train.worker(json.loads(sys.argv[1]))"
+def worker_in_child(job: dict, module: str) -> None:
+    """``<module>.worker(job)`` in a child process, its output relayed line by line (the notebook cell shows
+    progress). The train and align steps run one process this way."""
+    code = f"import json, sys; from {module} import worker; worker(json.loads(sys.argv[1]))"
     proc = subprocess.Popen(
         [sys.executable, "-c", code, json.dumps(job)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -327,7 +328,7 @@ def _worker_in_child(job: dict) -> None:
             proc.terminate()
         proc.wait()
     if proc.returncode != 0:
-        raise KitError(f"training {job['model']}: the worker process failed (exit {proc.returncode}):\n{''.join(tail)}")
+        raise KitError(f"{module} {job['model']}: the worker process failed (exit {proc.returncode}):\n{''.join(tail)}")
 
 
 def launch_all(params_path: str | Path, run_dir: str | Path, overrides: list[str] | tuple = ()) -> dict[str, dict]:

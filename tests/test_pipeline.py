@@ -56,8 +56,8 @@ def test_manifest_has_provenance(smoke_run):
     assert [(nb["notebook"], nb["status"]) for nb in m["notebooks"]] == [
         ("01_explore_data.ipynb", "ok"),
         ("02_train_fsdp.ipynb", "ok"),
-        ("03_evaluate_zbench.ipynb", "ok"),
-        ("04_compare_models.ipynb", "ok"),
+        ("04_evaluate_zbench.ipynb", "ok"),
+        ("05_compare_models.ipynb", "ok"),
     ]
     assert all(nb["duration_s"] > 0 for nb in m["notebooks"])
 
@@ -114,7 +114,7 @@ def test_html_and_index_say_what_they_should(smoke_run):
 @pytest.mark.slow
 def test_comparison_notebook_and_headline(smoke_run):
     _, run_dir = smoke_run
-    page = (run_dir / "04_compare_models.html").read_text()
+    page = (run_dir / "05_compare_models.html").read_text()
     for heading in (
         "Leaderboard",
         "Per split",
@@ -140,7 +140,7 @@ def test_comparison_notebook_and_headline(smoke_run):
     assert 'id="leaderboard"' in index and 'src="artifacts/compare/leaderboard.png"' in index
     assert 'id="findings"' in index and 'id="recipe"' in index and "seed <code>42</code>" in index
     assert (run_dir / "artifacts/compare/leaderboard.png").stat().st_size > 10_000
-    for nb in ("01_explore_data", "02_train_fsdp", "03_evaluate_zbench", "04_compare_models"):
+    for nb in ("01_explore_data", "02_train_fsdp", "04_evaluate_zbench", "05_compare_models"):
         html = (run_dir / f"{nb}.html").read_text()
         assert "cdnjs.cloudflare.com" not in html and "application/vnd.jupyter.widget" not in html, nb
 
@@ -161,7 +161,7 @@ def test_report_in_headless_chromium(smoke_run, tmp_path):
             {"leaderboard": "table#leaderboard", "figures": "img#leaderboard-figure", "notebooks": "table#notebooks"},
         )
         nb = b.check(
-            run_dir / "04_compare_models.html",
+            run_dir / "05_compare_models.html",
             tmp_path / "compare.png",
             {"tables": "table.dataframe", "figures": "img"},
         )

@@ -63,7 +63,7 @@ def test_report_states_the_seed_and_flags_a_dirty_tree(twice):
     clean = {**a, "git": {"sha": "0" * 40, "dirty": False}}
     assert "dirty tree: uncommitted changes" in render_index(dirty, run_dir)
     assert "dirty tree" not in render_index(clean, run_dir)
-    page = (run_dir / "04_compare_models.html").read_text()
+    page = (run_dir / "05_compare_models.html").read_text()
     assert "bootstrap seed <strong>42</strong>" in page
 
 
@@ -74,7 +74,7 @@ def test_script_in_zbench_answers_renders_as_text(twice, tmp_path):
     from browser import Browser
 
     reports, _, _ = twice
-    page_path = reports / "repro-a" / "04_compare_models.html"
+    page_path = reports / "repro-a" / "05_compare_models.html"
     page = page_path.read_text()
     assert "&lt;script&gt; var bird = document.getElementById" in page
     assert "<script> var bird" not in page and '<div id="bird">' not in page

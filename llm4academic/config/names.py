@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 # The study's steps, in the order they run; pipeline.py maps each to its notebook.
-Step = Literal["explore", "train", "evaluate", "compare"]
+Step = Literal["explore", "train", "align", "evaluate", "compare"]
 STEPS: tuple[str, ...] = get_args(Step)
 
 # On-disk formats data/formats.py reads (``format: auto`` detects them from the fields).

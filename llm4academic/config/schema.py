@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from ..base import KitError, resolve_data_path
+from .align import AlignParams
 from .judge import JudgeParams
 from .names import (
     BACKENDS,
@@ -66,6 +67,7 @@ __all__ = [
     "FsdpParams",
     "LoraParams",
     "TrainParams",
+    "AlignParams",
     "ExploreParams",
     "JudgeParams",
     "EvaluateParams",
@@ -264,6 +266,7 @@ class EvaluateParams(_Strict):
     )
     base: bool = Field(default=True, description="evaluate the base models")
     tuned: bool = Field(default=True, description="evaluate the models the train step tuned")
+    aligned: bool = Field(default=True, description="evaluate the models the align step tuned")
     max_new_tokens: PositiveInt = 256
     batch_size: PositiveInt = 16
     backend: Backend = Field(
@@ -319,6 +322,7 @@ class StudyParams(_Strict):
     steps: list[Step] = Field(default_factory=lambda: list(STEPS))
     explore: ExploreParams = Field(default_factory=ExploreParams)
     train: TrainParams = Field(default_factory=TrainParams)
+    align: AlignParams = Field(default_factory=AlignParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     compare: CompareParams = Field(default_factory=CompareParams)
     report: ReportParams = Field(default_factory=ReportParams)
@@ -364,6 +368,16 @@ class StudyParams(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _aligned_models_exist(self) -> StudyParams:
+        names = [m.name for m in self.models]
+        unknown = [n for n in self.align.models or [] if n not in names]
+        if unknown:
+            raise ValueError(
+                f"align.models: {', '.join(map(repr, unknown))} not among the study's models ({', '.join(names)})"
+            )
+        return self
+
     def model(self, name: str) -> ModelParams:
         for m in self.models:
             if m.name == name:
@@ -373,6 +387,14 @@ class StudyParams(_Strict):
     @property
     def trained_models(self) -> list[ModelParams]:
         return [m for m in self.models if self.train.models is None or m.name in self.train.models]
+
+    @property
+    def aligned_models(self) -> list[ModelParams]:
+        """The models the align step tunes: ``align.models``, else the ones the train step tunes (when it runs),
+        else all."""
+        if self.align.models is not None:
+            return [m for m in self.models if m.name in self.align.models]
+        return self.trained_models if "train" in self.steps else list(self.models)
 
     @property
     def length_tokenizer(self) -> ModelParams:
