@@ -236,8 +236,7 @@ class _Record(TrainerCallback):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.barrier()  # every rank has written its part (RNG state) of the checkpoint
         if state.is_world_process_zero:
-            ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            write_json(ckpt / FINGERPRINT_FILE, self.fingerprint)
+            write_json(self.rd.align_checkpoint(self.name, state.global_step) / FINGERPRINT_FILE, self.fingerprint)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.stop_after is not None and state.global_step >= self.stop_after:

@@ -88,6 +88,26 @@ def train(
 
 
 @app.command()
+def align(
+    params: Annotated[Path, typer.Argument(help="the study's params YAML")],
+    set_: SetOpt = None,
+    model: Annotated[str | None, typer.Option(help="the studied model to preference-tune (one per launch)")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="default: reports/<study name>")] = None,
+):
+    """One DPO worker (the align step): run it under `accelerate launch` / torchrun (multi-GPU, multi-node).
+
+    Example: accelerate launch --multi_gpu --num_processes 4 -m llm4academic align params/recipes/llama-7b.yaml
+    --model llama-7b  (FSDP2 comes from the params' align.fsdp, through TRL's trainer)
+    """
+    from .align import run_distributed
+    from .base import default_reports_dir
+
+    with user_errors():
+        study = load_params(params, set_ or [])
+        run_distributed(params, run_dir or default_reports_dir() / study.name, model, set_ or [])
+
+
+@app.command()
 def evaluate(
     params: Annotated[Path, typer.Argument(help="the study's params YAML")],
     set_: SetOpt = None,

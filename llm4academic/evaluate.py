@@ -1,5 +1,5 @@
-"""The evaluation step: Z-Bench prompts → answers of every studied model (base and tuned, cached, generate.py)
-→ reference scores (scoring/) → the seed's side-by-side CSVs and a long table of scores.
+"""The evaluation step: Z-Bench prompts → answers of every studied model (base, SFT-tuned and DPO-tuned; cached,
+generate.py) → reference scores (scoring/) → the seed's side-by-side CSVs and a long table of scores.
 
 Writes into the run directory's evaluate folder (``RunDir.evaluate_dir``): per split the seed's layout (``Prompt,
 任务类型, 参考回答`` and one column per model — the studied models next to the 14 reference models), the ``scores``
@@ -20,22 +20,42 @@ from .base import atomic_write, write_json
 from .config import ConfigError, ModelParams, StudyParams
 from .generate import GenParams, generate_answers
 from .models import resolve_model_path
-from .rundir import RunDir
+from .rundir import TUNED_SUFFIX, RunDir
 from .zbench import REFERENCE_MODELS, answers_long, load_zbench
 
 SEED_COLUMNS = ("Prompt", "任务类型", "参考回答")
 
 
 def evaluated_models(params: StudyParams, run_dir: str | Path) -> list[ModelParams]:
-    """The base models (``evaluate.base``) and, when the train step wrote them, the tuned ones (``<name>-tuned``)."""
-    ev = params.evaluate
+    """The base models (``evaluate.base``), the ones the train step tuned (``<name>-tuned``, ``evaluate.tuned``) and
+    the ones the align step tuned (``<start>-dpo``, ``evaluate.aligned``), each with its base model's params (template,
+    card, dtype) and its final checkpoint as the path."""
+    ev, rd = params.evaluate, RunDir(run_dir)
     models = list(params.models) if ev.base else []
     if ev.tuned:
-        for entry in RunDir(run_dir).read_checkpoint_index():
+        for entry in rd.read_checkpoint_index():
             if entry.get("final") and Path(entry["final"]).is_dir():
                 base = params.model(entry["model"])
-                models.append(base.model_copy(update={"name": f"{base.name}-tuned", "path": entry["final"]}))
+                models.append(base.model_copy(update={"name": f"{base.name}{TUNED_SUFFIX}", "path": entry["final"]}))
+    if ev.aligned:
+        for entry in rd.read_align_index():
+            if entry.get("final") and Path(entry["final"]).is_dir():
+                base = params.model(entry["base"])
+                models.append(base.model_copy(update={"name": entry["model"], "path": entry["final"]}))
     return models
+
+
+def dpo_starts(params: StudyParams, run_dir: str | Path | None, answered) -> dict[str, str]:
+    """Each evaluated DPO model → the model its align run started from (``<base>-tuned`` or ``<base>``), for those
+    whose start model also answered (``answered``: model names): the pairs the judge compares in both orders."""
+    if run_dir is None or not params.evaluate.aligned:
+        return {}
+    answered = set(answered)
+    return {
+        e["model"]: e["start"]
+        for e in RunDir(run_dir).read_align_index()
+        if e.get("model") in answered and e.get("start") in answered
+    }
 
 
 def zbench_items(params: StudyParams):
@@ -130,12 +150,14 @@ def run(params: StudyParams, run_dir: str | Path, progress: bool = True) -> dict
 
 def run_judge(params: StudyParams, answers, zb, progress: bool, run_dir: str | Path | None = None) -> tuple[dict, dict]:
     """``evaluate.judge``: grade the studied models' answers 1-10 and, with a ``baseline``, judge each against the
-    baseline's answer in both orders (order-inconsistent verdicts count as ties and are reported) — with a local
+    baseline's answer in both orders (order-inconsistent verdicts count as ties and are reported); each DPO model is
+    also judged against the model its align run started from (``dpo_starts``, scorer ``pairwise_start``) — with a local
     model (``judge.model``) or through an OpenAI-compatible server (``judge.endpoint``: replies cached in
     ``RunDir.judge_cache``; a reply that failed or did not parse leaves its row out and is listed). Returns the tables
     and evaluate.json's judge section: the params (the key's variable name, never a key), request counts, failures,
     and the judge's position, length and self-preference biases."""
     jp = params.evaluate.judge
+    starts = dpo_starts(params, run_dir, answers["model"])
     if jp.endpoint:
         judge = scoring.EndpointJudge(
             jp.endpoint,
@@ -147,18 +169,15 @@ def run_judge(params: StudyParams, answers, zb, progress: bool, run_dir: str | P
             logprobs=jp.logprobs,
             cache=RunDir(run_dir).judge_cache if run_dir is not None else None,
         )
-        out = {"judge": scoring.endpoint_judge_scores(answers, judge, zb, progress=progress)}
-        if jp.baseline:
-            out["pairwise"] = scoring.endpoint_pairwise_scores(answers, judge, jp.baseline, zb, progress=progress)
-        own = jp.endpoint_model
+        grade, pairwise, own = scoring.endpoint_judge_scores, scoring.endpoint_pairwise_scores, jp.endpoint_model
     else:
         named = next((m for m in params.models if m.name == jp.model), None)
-        path = resolve_model_path(named.path if named else jp.model)
-        judge = scoring.Judge(path, trust_remote_code=bool(named and named.trust_remote_code))
-        out = {"judge": scoring.judge_scores(answers, judge, zb, progress=progress)}
-        if jp.baseline:
-            out["pairwise"] = scoring.pairwise_scores(answers, judge, jp.baseline, zb, progress=progress)
-        own = path
+        own = resolve_model_path(named.path if named else jp.model)
+        judge = scoring.Judge(own, trust_remote_code=bool(named and named.trust_remote_code))
+        grade, pairwise = scoring.judge_scores, scoring.pairwise_scores
+    out = {"judge": grade(answers, judge, zb, progress=progress)}
+    if jp.baseline or starts:
+        out["pairwise"] = pairwise(answers, judge, jp.baseline, zb, starts=starts, progress=progress)
 
     def same(a: str, b: str) -> bool:
         return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
@@ -178,6 +197,7 @@ def run_judge(params: StudyParams, answers, zb, progress: bool, run_dir: str | P
         "name": judge.name,
         "scored": {name: len(frame) for name, frame in out.items()},
         "requests": {name: frame.attrs["requests"] for name, frame in out.items() if "requests" in frame.attrs},
+        "starts": starts,  # DPO model → its start model: judged against each other in both orders
         "unscored": reasons,
         "failures": failures,
         **scoring.judge_report(answers, out["judge"], out.get("pairwise"), self_models=self_models),

@@ -2,13 +2,12 @@
 drawn the same way wherever it appears.
 
 - ``style()``: the seaborn theme with a CJK fallback font (Z-Bench's tags are Chinese); ``palette()``: one colour
-  per model, the same in every comparison figure;
+  per model, the same in every comparison figure (one hue per foundation model, a shade per stage);
 - 01 explore: ``plot_mix``, ``plot_sources_languages``, ``plot_length_ecdf``, ``plot_token_lengths``,
-  ``plot_leading_verbs``;
-- 02 train: ``plot_train_curves``;
-- 03 evaluate: ``plot_scorers``, and ``plot_tag_heatmap`` (shared with 04);
-- 04 compare: ``plot_leaderboard``, ``plot_splits``, ``plot_tag_heatmap``, ``plot_deltas``, ``plot_length_bias``,
-  ``plot_judge``, ``plot_curves``.
+  ``plot_leading_verbs``; 02 train: ``plot_train_curves``; 03 align: ``align_curves``;
+- 04 evaluate: ``plot_scorers``, and ``plot_tag_heatmap`` (shared with 05);
+- 05 compare: ``plot_leaderboard``, ``plot_splits``, ``plot_tag_heatmap``, ``plot_stages``, ``plot_deltas``,
+  ``plot_length_bias``, ``plot_judge``, ``plot_curves``.
 
 Each function returns its Figure (or the Axes it drew on, for ``plot_leaderboard``); the notebook shows it. Two
 text helpers put lists beside the figures without a loop in a cell: ``markdown_list`` and ``model_names``.
@@ -27,6 +26,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import font_manager
 
+from .rundir import STAGES, lineage
 from .scoring import OVERALL
 from .zbench import REFERENCE_MODELS, SPLITS, model_label
 
@@ -67,26 +67,27 @@ def style() -> list[str]:
     return cjk
 
 
+SHADES: dict[str, float] = {"sft": 0.6, "sft+dpo": 0.35, "dpo": -0.45}  # × the base colour; negative: toward white
+
+
 def palette(kinds: Mapping[str, str], studied: Sequence[str]) -> dict[str, tuple]:
-    """One colour per model of ``kinds`` (model → ``study``/``tuned``/``reference``, in display order), the same
-    in every figure: studied base models take the colour-blind palette in order, each tuned model a darker shade of
-    its base's colour, reference models greys."""
+    """One colour per model of ``kinds`` (model → ``study``/``tuned``/``dpo``/``tuned-dpo``/``reference``, in display
+    order), the same in every figure: one hue per foundation model (the colour-blind palette, in order), its SFT model
+    a darker shade, SFT+DPO darker still, DPO straight from the base a lighter tint (``SHADES``, by
+    ``rundir.lineage``); reference models greys."""
     models = list(kinds)
-    bases = [m for m in dict.fromkeys([*studied, *models]) if kinds.get(m) == "study"]
-    extra = [m for m in models if kinds.get(m) == "tuned" and m[: -len("-tuned")] not in bases]
-    colours = sns.color_palette("colorblind", max(len(bases) + len(extra), 1))
+    studied_models = [m for m in dict.fromkeys([*studied, *models]) if kinds.get(m) not in (None, "reference")]
+    roots = list(dict.fromkeys(lineage(m)[0] for m in studied_models))
+    hue = dict(zip(roots, sns.color_palette("colorblind", max(len(roots), 1)), strict=False))
+    greys = dict(zip(REFERENCE_MODELS, np.linspace(0.5, 0.8, len(REFERENCE_MODELS)), strict=True))
     out: dict[str, tuple] = {}
-    for m, c in zip([*bases, *extra], colours, strict=False):  # colours: at least one
-        out[m] = tuple(c)
-    for m in models:
-        if kinds[m] == "tuned" and m not in out:
-            base = out.get(m[: -len("-tuned")])
-            out[m] = tuple(0.6 * np.asarray(base)) if base is not None else (0.2, 0.2, 0.2)
-    greys = np.linspace(0.5, 0.8, len(REFERENCE_MODELS))
     for m in models:
         if kinds[m] == "reference":
-            g = float(greys[REFERENCE_MODELS.index(m)]) if m in REFERENCE_MODELS else 0.65
-            out[m] = (g, g, g)
+            out[m] = (float(greys.get(m, 0.65)),) * 3
+            continue
+        root, stage = lineage(m)
+        c, f = np.asarray(hue[root]), SHADES.get(stage, 1.0)
+        out[m] = tuple(float(v) for v in (c * f if f > 0 else c - f * (1 - c)))
     return out
 
 
@@ -173,27 +174,49 @@ def plot_leading_verbs(verbs: pd.DataFrame):
     return fig
 
 
-# --------------------------------------------------------------------------------------------- 02 train
+# --------------------------------------------------------------------------------------------- 02 train, 03 align
 
 
 def plot_train_curves(curves: pd.DataFrame):
     """Every logged metric (loss, learning rate, tokens/s …) against the optimizer step, one line per model."""
-    g = sns.relplot(
-        data=curves,
-        x="step",
-        y="value",
-        hue="model",
-        col="metric",
-        kind="line",
-        height=3.2,
-        aspect=1.2,
-        facet_kws={"sharey": False},
-    )
+    return _lines(curves, hue="model", aspect=1.2)
+
+
+def _lines(data: pd.DataFrame, *, hue: str | None, xlabel: str = "step", wrap: int | None = None, **kw):
+    """``value`` against ``step``, one panel per ``metric`` (each on its own scale), one line per ``hue``."""
+    g = sns.relplot(data=data, x="step", y="value", hue=hue, col="metric", col_wrap=wrap, kind="line",
+                    facet_kws={"sharey": False, "sharex": False}, **{"height": 3.2, "aspect": 1.4, **kw})  # fmt: skip
     g.set_titles("{col_name}")
+    g.set_axis_labels(xlabel, "")
     return g.figure
 
 
-# --------------------------------------------------------------------------------------------- 03 evaluate
+DPO_CURVES: dict[str, str] = {  # the align step's metrics (RunDir.read_align_metrics) → their names in figures
+    "loss": "DPO loss",
+    "rewards/accuracies": "reward accuracy",
+    "rewards/margins": "reward margin",
+    "kl/implicit": "implicit KL",
+}
+
+
+def align_curves(frame: pd.DataFrame):
+    """The DPO runs' curves against the DPO step, one panel each: DPO loss, reward accuracy (the share of pairs whose
+    chosen answer the policy rewards above the rejected one), reward margin and implicit KL first (``DPO_CURVES``),
+    then any other metric of a long ``frame`` (``model, step, metric, value``: metrics named as
+    ``RunDir.read_align_metrics`` logs them, e.g. ``logps/chosen``, ``lr``). A wide ``frame`` (the metrics as logged:
+    ``step`` and metric columns, ``model`` optional) draws the four ``DPO_CURVES``."""
+    if "metric" not in frame.columns:
+        ids = ["step", *(["model"] if "model" in frame.columns else [])]
+        frame = frame.melt(id_vars=ids, value_vars=[m for m in DPO_CURVES if m in frame.columns], var_name="metric")
+    data = frame.assign(metric=frame["metric"].map(lambda m: DPO_CURVES.get(m, m))).dropna(subset=["value"])
+    named = [v for v in DPO_CURVES.values() if v in set(data["metric"])]
+    order = [*named, *sorted(set(data["metric"]) - set(named))]
+    hue = "model" if "model" in data.columns else None
+    wrap = 4 if len(order) > 4 else 2
+    return _lines(data, hue=hue, xlabel="DPO step", wrap=wrap, col_order=order, height=3, aspect=1.4)
+
+
+# --------------------------------------------------------------------------------------------- 04 evaluate
 
 
 def plot_scorers(summary: pd.DataFrame):
@@ -237,7 +260,7 @@ def plot_tag_heatmap(matrix: pd.DataFrame, max_tags: int = 40):
     return fig
 
 
-# --------------------------------------------------------------------------------------------- 04 compare
+# --------------------------------------------------------------------------------------------- 05 compare
 
 
 def plot_leaderboard(board: pd.DataFrame, colours: dict[str, tuple], split: str = OVERALL, ax=None):
@@ -305,25 +328,46 @@ def plot_splits(board: pd.DataFrame, colours: dict[str, tuple], models: Sequence
 
 
 def plot_deltas(deltas: pd.DataFrame, colours: dict[str, tuple]):
-    """Tuned − base per split with paired CIs; a dashed line at zero."""
-    pairs = list(dict.fromkeys(deltas["tuned"]))
-    fig, ax = plt.subplots(figsize=(7.5, 0.5 * len(deltas) + 1.4))
+    """After − before for each lineage step (base→sft, sft→sft+dpo, base→sft+dpo, base→dpo: ``compare.tuning_deltas``)
+    per split, with paired CIs, in the colour of the model after the step; a dashed line at zero."""
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(deltas) + 1.4))
     labels = []
     for i, r in enumerate(deltas.itertuples(index=False)):
-        ax.errorbar(
-            r.delta,
-            i,
-            xerr=[[r.delta - r.ci_low], [r.ci_high - r.delta]],
-            fmt="o",
-            capsize=3,
-            color=colours.get(r.tuned, "C0"),
-        )
-        labels.append(f"{model_label(r.tuned)} · {r.split}")
+        err = [[r.delta - r.ci_low], [r.ci_high - r.delta]]
+        ax.errorbar(r.delta, i, xerr=err, fmt="o", capsize=3, color=colours.get(r.tuned, "C0"))
+        labels.append(f"{model_label(r.foundation)} {r.step} · {r.split}")
     ax.axvline(0, ls="--", color="#555555", lw=1)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
-    ax.set_xlabel("tuned − base, primary score (paired 95 % bootstrap CI)")
-    ax.set_title(f"What tuning changed ({len(pairs)} model{'s' if len(pairs) != 1 else ''})")
+    ax.set_xlabel("after − before, primary score (paired 95 % bootstrap CI)")
+    ax.set_title(f"What each tuning step changed ({deltas['tuned'].nunique()} tuned model(s))")
+    fig.tight_layout()
+    return fig
+
+
+STAGE_PATHS: tuple[tuple[str, ...], ...] = (("base", "sft", "sft+dpo"), ("base", "dpo"))  # lines in plot_stages
+
+
+def plot_stages(stages: pd.DataFrame, colours: dict[str, tuple]):
+    """Base → SFT → DPO per foundation model: each studied model's score with its CI at its stage
+    (``compare.stage_scores``), one foundation model's stages joined along base → SFT → SFT+DPO and base → DPO."""
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    x = {stage: i for i, stage in enumerate(STAGES)}
+    for foundation, part in stages.groupby("foundation", sort=False):
+        by = part.set_index("stage")
+        for path in STAGE_PATHS:
+            on = [st for st in path if st in by.index]
+            if len(on) > 1:
+                ax.plot([x[st] for st in on], by.loc[on, "score"], color=colours.get(by.at[on[-1], "model"]), lw=1)
+        for st, r in by.iterrows():
+            err = [[r["score"] - r["ci_low"]], [r["ci_high"] - r["score"]]]
+            ax.errorbar(x[st], r["score"], yerr=err, fmt="o", capsize=3, color=colours.get(r["model"], "C0"))
+        last = (x[by.index[-1]], by["score"].iloc[-1])
+        ax.annotate(model_label(foundation), last, xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xticks(range(len(STAGES)), ["base", "SFT", "DPO", "SFT+DPO"])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("primary score (95 % bootstrap CI)")
+    ax.set_title("Base → SFT → DPO per foundation model")
     fig.tight_layout()
     return fig
 
@@ -370,7 +414,8 @@ def plot_length_bias(primary: pd.DataFrame, lengths: pd.DataFrame, colours: dict
 
 
 def plot_judge(agreement: pd.DataFrame, colours: dict[str, tuple]):
-    """Per model: wins/ties/losses against the baseline (both orders) and the judge's order consistency."""
+    """Per model and baseline (the configured one; a DPO model's start model): wins/ties/losses in both orders and
+    the judge's order consistency."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 0.5 * len(agreement) + 1.6))
     y = np.arange(len(agreement))
     left = np.zeros(len(agreement))
@@ -378,11 +423,14 @@ def plot_judge(agreement: pd.DataFrame, colours: dict[str, tuple]):
         share = agreement[col] / agreement["n"]
         a.barh(y, share, left=left, color=colour, label=col)
         left += share.to_numpy()
+    baselines = list(dict.fromkeys(agreement["baseline"]))
     labels = [model_label(m) for m in agreement["model"]]
+    if len(baselines) > 1:
+        labels = [f"{m} vs {model_label(v)}" for m, v in zip(labels, agreement["baseline"], strict=True)]
     a.set_yticks(y, labels)
     a.set_xlim(0, 1)
     a.legend(loc="lower right", fontsize=8)
-    a.set_title(f"verdicts against {agreement['baseline'].iloc[0]}")
+    a.set_title(f"verdicts against {baselines[0]}" if len(baselines) == 1 else "verdicts (both orders)")
     b.barh(y, agreement["order_consistency"], color=[colours.get(m, "C0") for m in agreement["model"]])
     b.set_yticks(y, labels)
     b.set_xlim(0, 1)
@@ -392,23 +440,11 @@ def plot_judge(agreement: pd.DataFrame, colours: dict[str, tuple]):
 
 
 def plot_curves(curves: pd.DataFrame, colours: dict[str, tuple]):
-    """Loss (and learning rate) against step, one line per trained model, in the comparison's colours."""
+    """Every logged curve against its step (SFT loss and learning rate; DPO loss, reward accuracy, reward margin,
+    implicit KL: ``compare.training_curves``), one line per tuned model, in the comparison's colours."""
     data = curves.assign(label=curves["model"].map(model_label))
-    g = sns.relplot(
-        data=data,
-        x="step",
-        y="value",
-        hue="label",
-        col="metric",
-        kind="line",
-        height=3.4,
-        aspect=1.4,
-        facet_kws={"sharey": False},
-        palette=label_palette(colours),
-    )
-    g.set_titles("{col_name}")
-    g.set_axis_labels("optimizer step", "")
-    return g.figure
+    wrap = 3 if data["metric"].nunique() > 3 else None
+    return _lines(data, hue="label", wrap=wrap, palette=label_palette(colours))
 
 
 # --------------------------------------------------------------------------------------------- text beside the figures

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import platform
 import signal
@@ -23,8 +22,6 @@ import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-
-import jinja2
 
 from . import __version__
 from .base import (
@@ -39,6 +36,7 @@ from .base import (
 )
 from .compare import load_studies
 from .config import STEPS, ModelParams, StudyParams, load_params, resolved_dict
+from .index_page import align_summaries, quiet_read, render_compare_index, render_index, train_summaries
 from .notebook_run import Interrupted, ensure_kernel, execute_notebook, render_html, stop_on_signals
 from .rundir import NOTEBOOKS, RunDir
 
@@ -46,6 +44,7 @@ VERSIONED = (
     "torch",
     "transformers",
     "accelerate",
+    "trl",
     "datasets",
     "tokenizers",
     "pandas",
@@ -214,7 +213,16 @@ def _run_steps(
         "data_files": [
             {"source": s.name, "path": s.path, "bytes": Path(s.path).stat().st_size, "sha256": sha256_file(s.path)}
             for s in params.data.sources
-        ],
+        ]
+        + [
+            {
+                "source": f"align:{s.name}",
+                "path": s.path,
+                "bytes": Path(s.path).stat().st_size,
+                "sha256": sha256_file(s.path),
+            }
+            for s in (params.align.sources if "align" in params.steps else [])
+        ],  # fmt: skip
         "started": now(),
         "ended": None,
         "status": "running",
@@ -261,8 +269,9 @@ def _run_steps(
         rd.write_manifest(manifest)
     manifest["ended"] = now()
     manifest["status"] = "interrupted" if signum else "failed" if failed else "ok"
-    manifest["data"] = _quiet_read(rd.read_data_summary)
-    manifest["train"] = _train_summaries(rd)
+    manifest["data"] = quiet_read(rd.read_data_summary)
+    manifest["train"] = train_summaries(rd)
+    manifest["align"] = align_summaries(rd)
     rd.write_manifest(manifest)
     atomic_write(rd.index, render_index(manifest, rd))
     if failed:
@@ -294,67 +303,13 @@ def _entry(rd: RunDir, step: str) -> dict[str, Any]:
     return {"step": step, "notebook": name, "ipynb": rd.relative(rd.notebook(step)), "html": rd.relative(rd.html(step))}
 
 
-def _quiet_read(reader, *args) -> Any:
-    """What an artifact reader returns, or None for a missing or broken file (the index page still renders)."""
-    try:
-        return reader(*args)
-    except (OSError, KitError):
-        return None
-
-
 def _previous_notebooks(rd: RunDir) -> dict[str, dict]:
-    old = _quiet_read(rd.read_manifest) or {}
+    old = quiet_read(rd.read_manifest) or {}
     return {
         nb["notebook"]: {k: v for k, v in nb.items() if k != "from_previous_run"}
         for nb in old.get("notebooks", [])
         if nb.get("status") in ("ok", "failed", "timeout", "interrupted")
     }
-
-
-# --------------------------------------------------------------------------------------------- index.html
-
-
-def _train_summaries(rd: RunDir) -> list[dict] | None:
-    """Per trained model: steps, first/last loss, what FSDP engaged, the final checkpoint."""
-    index = _quiet_read(rd.read_checkpoint_index)
-    if not index:
-        return None
-    out = []
-    for entry in index:
-        summary = _quiet_read(rd.read_train_summary, entry["model"]) or {}
-        stats = _quiet_read(rd.read_data_stats, entry["model"]) or {}
-        out.append(
-            {
-                **entry,
-                "first_loss": summary.get("first_loss"),
-                "total_steps": summary.get("total_steps"),
-                "fsdp": summary.get("fsdp"),
-                "packing_efficiency": (stats.get("pack") or {}).get("efficiency"),
-                "padded_efficiency": stats.get("padded_efficiency"),
-            }
-        )
-    return out
-
-
-def _templates() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("llm4academic", "resources/templates"), autoescape=True)
-
-
-def render_index(manifest: dict[str, Any], run_dir: str | os.PathLike | RunDir) -> str:
-    """The study's front page: what was studied, the headline leaderboard, each notebook's status, and the
-    manifest in readable form. Everything is escaped (autoescape): model output and Z-Bench text stay text."""
-    rd = RunDir(run_dir)
-    return (
-        _templates()
-        .get_template("index.html.j2")
-        .render(
-            m=manifest,
-            explore=_quiet_read(rd.read_explore_summary),
-            headline=_quiet_read(rd.read_headline),
-            manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False),
-            manifest_href=rd.relative(rd.manifest),
-        )
-    )
 
 
 # --------------------------------------------------------------------------------------------- several studies
@@ -432,17 +387,7 @@ def run_comparison(
     manifest["ended"] = now()
     manifest["status"] = "ok" if entry["status"] == "ok" else "failed"
     rd.write_manifest(manifest)
-    atomic_write(
-        rd.index,
-        _templates()
-        .get_template("compare_index.html.j2")
-        .render(
-            m=manifest,
-            headline=_quiet_read(rd.read_headline),
-            manifest_json=json.dumps(manifest, indent=2, ensure_ascii=False),
-            manifest_href=rd.relative(rd.manifest),
-        ),
-    )
+    atomic_write(rd.index, render_compare_index(manifest, rd))
     if entry["status"] != "ok":
         err = entry.get("error") or {}
         raise StudyFailed(

@@ -54,6 +54,8 @@ COMPARE_TABLES: tuple[str, ...] = (
     "primary_scores",
     "judge_agreement",
     "truncation",
+    "stages",
+    "dpo_vs_start",
 )  # CSV, under artifacts/compare/
 
 
@@ -271,6 +273,10 @@ class RunDir:
     def align_final(self, model: str) -> Path:
         """The DPO model's consolidated checkpoint (safetensors)."""
         return self.align_model_dir(model) / "final"
+
+    def align_checkpoint(self, model: str, step: int) -> Path:
+        """The trainer's resumable checkpoint of ``model`` after ``step`` optimizer steps."""
+        return self.align_model_dir(model) / f"checkpoint-{step}"
 
     def align_checkpoints(self, model: str) -> list[Path]:
         """Completed align checkpoints (the trainer's ``checkpoint-<step>``, complete once the kit has written its

@@ -169,3 +169,54 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_loss(tmp_path):
     assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "kl/implicit"} <= set(rows.columns)
     with pytest.raises(AssertionError, match="another run"):  # another beta: the checkpoint is not this run's
         run_launch(p, tmp_path / "parts", ["align.beta=0.5", "align.max_steps=9"])
+
+
+def test_dpo_recipes_follow_zephyr_on_the_seeds_four_gpus(monkeypatch, tmp_path):
+    """alignment-handbook's Zephyr-7B-β full DPO: beta 0.01, lr 5e-7, 1 epoch, cosine, warmup 0.1, max length 1024
+    (prompt 512), 128 pairs per step — here 8 per device × 4 accumulation × 4 GPUs; FSDP2 on the card's layer."""
+    import transformers.training_args as ta
+
+    from llm4academic.catalog import get_model_card
+
+    monkeypatch.setattr(ta, "is_torch_bf16_gpu_available", lambda: True)  # the recipe's bf16, as on its GPUs
+    wraps = {}
+    for name in ("llama-7b", "bloomz-7b1-mt", "galactica-6.7b", "glm-4-9b"):
+        p = load_params(ROOT / "params" / "recipes" / f"{name}.yaml")
+        a = p.align
+        assert "align" in p.steps and a.start == "sft" and a.loss_type == "sigmoid"
+        assert (a.beta, a.learning_rate, a.num_epochs, a.lr_scheduler, a.warmup_ratio) == (0.01, 5e-7, 1, "cosine", 0.1)
+        assert (a.max_length, a.max_prompt_length, a.mixed_precision) == (1024, 512, "bf16")
+        assert (a.per_device_batch_size, a.gradient_accumulation_steps, a.num_processes) == (8, 4, 4)
+        card = get_model_card(p.models[0].card)
+        cfg = align.dpo_config(p, tmp_path / name, cpu=False, wrap_class=card.wrap_class)
+        assert cfg.beta == 0.01 and cfg.loss_type == ["sigmoid"] and cfg.bf16 and cfg.warmup_steps == 0.1
+        assert cfg.fsdp and cfg.fsdp_config["version"] == 2
+        wraps[name] = cfg.fsdp_config["transformer_layer_cls_to_wrap"]
+    assert wraps == {"llama-7b": ["LlamaDecoderLayer"], "bloomz-7b1-mt": ["BloomBlock"],
+                     "galactica-6.7b": ["OPTDecoderLayer"], "glm-4-9b": ["GlmDecoderLayer"]}  # fmt: skip
+    t5 = load_params(ROOT / "params" / "recipes" / "flan-t5-xxl.yaml")
+    assert "align" not in t5.steps  # TRL's DPOTrainer trains decoder-only models
+
+
+def test_an_encoder_decoder_model_is_refused_with_the_reason(tmp_path):
+    params = load_params(study(tmp_path), ["models=[{name: tiny-t5, path: 'tiny:t5'}]"])
+    rd = RunDir(tmp_path / "run")
+    align.ensure_pairs(params, rd)
+    with pytest.raises(KitError, match="decoder-only"):
+        align.build_dataset(params, params.model("tiny-t5"), rd)
+
+
+@pytest.mark.slow
+def test_the_cli_worker_runs_under_torchrun_on_two_processes(tmp_path):
+    p = study(tmp_path, num_processes=2, max_steps=3)
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731"]
+    out = subprocess.run([*torchrun, "-m", "llm4academic", "align", p, "--run-dir", str(run)],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rd = RunDir(run)
+    ran = json.loads(rd.align_distributed("tiny-llama-dpo").read_text())
+    assert (ran["distributed_type"], ran["num_processes"]) == ("MULTI_CPU", 2)
+    [entry] = rd.read_align_index()
+    assert entry["model"] == "tiny-llama-dpo" and entry["steps"] == 3
+    assert (rd.align_final("tiny-llama-dpo") / "model.safetensors").is_file()

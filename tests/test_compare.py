@@ -465,3 +465,167 @@ def test_judge_means_and_the_leaderboard_without_flagged_items():
     board = compare.leaderboard(primary, ["m", "n"], n_boot=100)
     wide = compare.wide_leaderboard(board, judge=judge)
     assert wide.loc["m", "judge (0-1)"] == "0.750" and wide.loc["n", "judge (0-1)"] == "—"
+
+
+# --------------------------------------------------------------------------------------------- base → SFT → DPO
+
+MIXED = [0, 1, 0, 1, 0, 1, 0, 1, 1, 0]  # mean 0.5
+LINEAGE = {"x": BAD, "x-tuned": MIXED, "x-tuned-dpo": GOOD, "y": BAD, "y-dpo": GOOD}
+
+
+def test_lineage_steps_deltas_with_paired_cis_and_kinds():
+    p = compare.primary_scores(_scores(LINEAGE))
+    assert compare.lineage_steps(list(LINEAGE)) == [
+        ("base→sft", "x", "x-tuned"),
+        ("sft→sft+dpo", "x-tuned", "x-tuned-dpo"),
+        ("base→sft+dpo", "x", "x-tuned-dpo"),
+        ("base→dpo", "y", "y-dpo"),
+    ]
+    assert compare.tuning_pairs(["a", "b-tuned", "c", "c-tuned"]) == [("c", "c-tuned")]  # unchanged without DPO
+    assert compare.tuning_pairs(["z-dpo", "z-tuned-dpo"]) == []  # no start model present: no step
+    deltas = compare.tuning_deltas(p, list(LINEAGE), seed=3, n_boot=500)
+    overall = deltas[deltas["split"] == "overall"].set_index("step")
+    assert list(overall.index) == ["base→sft", "sft→sft+dpo", "base→sft+dpo", "base→dpo"]
+    assert list(overall["foundation"]) == ["x", "x", "x", "y"]
+    assert list(overall["tuned"]) == ["x-tuned", "x-tuned-dpo", "x-tuned-dpo", "y-dpo"]
+    wide = p.pivot_table(index="item_id", columns="model", values="score")  # items in the order paired_diff takes
+    for step, row in overall.iloc[:3].iterrows():
+        diffs = (wide[row["tuned"]] - wide[row["base"]]).to_numpy()
+        _, low, high = bootstrap_ci(diffs, n_boot=500, rng=group_rng(3, row["tuned"], row["base"], "overall"))
+        assert row["delta"] == pytest.approx(diffs.mean()), step
+        assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high)) and row["separated"] == (
+            low > 0 or high < 0
+        )
+        assert row["base_score"] == pytest.approx(wide[row["base"]].mean())
+    assert overall["delta"].iloc[:3].tolist() == pytest.approx([0.3, 0.3, 0.6])
+    assert overall.loc["base→dpo", "delta"] == pytest.approx(0.6) and overall.loc["base→dpo", "separated"]
+    assert len(deltas) == 4 * 4  # three splits and overall per step
+    kinds = compare.model_kinds([*LINEAGE, "GPT4"], list(LINEAGE))
+    assert kinds == {"x": "study", "x-tuned": "tuned", "x-tuned-dpo": "tuned-dpo", "y": "study", "y-dpo": "dpo",
+                     "GPT4": "reference"}  # fmt: skip
+
+
+def test_base_sft_dpo_table_per_foundation_model():
+    p = compare.primary_scores(_scores(LINEAGE))
+    board = compare.leaderboard(p, list(LINEAGE), seed=1, n_boot=300)
+    stages = compare.stage_scores(board, ["y", "y-dpo", "x-tuned-dpo", "x", "x-tuned"])
+    assert stages[["foundation", "stage", "model"]].values.tolist() == [
+        ["y", "base", "y"],
+        ["y", "dpo", "y-dpo"],
+        ["x", "base", "x"],
+        ["x", "sft", "x-tuned"],
+        ["x", "sft+dpo", "x-tuned-dpo"],
+    ]
+    assert stages.set_index("model").loc["x-tuned-dpo", "score"] == pytest.approx(0.8)
+    deltas = compare.tuning_deltas(p, list(LINEAGE), seed=1, n_boot=300)
+    table = compare.stage_table(stages, deltas)
+    assert list(table.index) == ["y", "x"]
+    assert list(table.columns) == ["base", "sft", "dpo", "sft+dpo", "base→sft", "sft→sft+dpo", "base→sft+dpo",
+                                   "base→dpo"]  # fmt: skip
+    x = board[(board["model"] == "x-tuned-dpo") & (board["split"] == "overall")].iloc[0]
+    assert table.loc["x", "sft+dpo"] == f"0.800 [{x['ci_low']:.2f}, {x['ci_high']:.2f}]"
+    assert table.loc["x", "dpo"] == "—" and table.loc["y", "sft"] == "—" and table.loc["y", "base→sft"] == "—"
+    assert table.loc["y", "base→dpo"].startswith("+0.600 [+") and table.loc["y", "base→dpo"].endswith(" *")
+    assert compare.stage_table(stages.iloc[:0], deltas).empty
+
+
+def _pairwise(model, against, verdicts, consistent, items=ITEMS):
+    score = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+    return pd.DataFrame(
+        {
+            "item_id": items[: len(verdicts)],
+            "split": [i.split("-")[0] for i in items[: len(verdicts)]],
+            "model": model,
+            "scorer": "pairwise_start",
+            "score": [score[v] for v in verdicts],
+            "against": against,
+            "verdict": verdicts,
+            "first": "A",
+            "second": "B",
+            "consistent": consistent,
+        }
+    )
+
+
+def test_dpo_models_renamed_with_their_base_and_judged_against_their_start(tmp_path):
+    from llm4academic.rundir import RunDir
+
+    a = make_study(tmp_path, "a", {"m": BAD, "m-tuned": MIXED, "m-tuned-dpo": GOOD})
+    b = make_study(tmp_path, "b", {"m": BAD, "m-dpo": GOOD})
+    verdicts = ["win"] * 6 + ["tie"] * 2 + ["loss"] * 2
+    consistent = [True] * 6 + [False, False] + [True, True]
+    RunDir(a).write_evaluate_table(
+        "pairwise",
+        pd.concat(
+            [
+                _pairwise("m-tuned-dpo", "m-tuned", verdicts, consistent),
+                _pairwise("m-tuned-dpo", "GPT4", ["loss"] * 10, [True] * 10).assign(scorer="pairwise"),
+            ]
+        ),
+    )
+    c = compare.compare([a, b], n_boot=400)
+    assert c.studied == ["a/m", "a/m-tuned", "a/m-tuned-dpo", "b/m", "b/m-dpo"]  # renamed with their base
+    kinds = dict(zip(c.board["model"], c.board["kind"], strict=True))
+    assert (kinds["a/m-tuned-dpo"], kinds["b/m-dpo"], kinds["a/m"]) == ("tuned-dpo", "dpo", "study")
+    steps = c.deltas[c.deltas["split"] == "overall"][["foundation", "step", "tuned"]].values.tolist()
+    assert steps == [
+        ["a/m", "base→sft", "a/m-tuned"],
+        ["a/m", "sft→sft+dpo", "a/m-tuned-dpo"],
+        ["a/m", "base→sft+dpo", "a/m-tuned-dpo"],
+        ["b/m", "base→dpo", "b/m-dpo"],
+    ]
+    assert list(c.stages["foundation"].unique()) == ["a/m", "b/m"]
+    # the judge's verdicts against the start model: the baseline is renamed with the study's models
+    agreement = c.agreement.set_index("baseline")
+    assert set(agreement.index) == {"a/m-tuned", "GPT4"} and agreement.loc["GPT4", "losses"] == 10
+    row = c.dpo_vs_start.iloc[0]
+    assert len(c.dpo_vs_start) == 1 and (row["model"], row["baseline"], row["step"]) == (
+        "a/m-tuned-dpo",
+        "a/m-tuned",
+        "sft→sft+dpo",
+    )
+    assert (row["n"], row["wins"], row["ties"], row["losses"], row["inconsistent"]) == (10, 6, 2, 2, 2)
+    assert row["win_rate"] == pytest.approx(0.7) and row["ci_low"] <= 0.7 <= row["ci_high"] < 1
+    assert row["consistent_n"] == 8 and row["consistent_win_rate"] == pytest.approx(0.75)
+    assert row["consistent_ci_low"] <= 0.75 <= row["consistent_ci_high"]
+    assert row["order_consistency"] == pytest.approx(0.8)
+    assert compare.start_pairwise(None, c.studied) is None
+    assert compare.start_pairwise(_pairwise("x", "GPT4", ["win"], [True]), ["x"]) is None  # no DPO model
+    # one hue per foundation model: SFT darker, SFT+DPO darker still, DPO from the base a lighter tint
+    col = {m: np.asarray(c.colours[m]) for m in c.studied}
+    assert np.allclose(col["a/m-tuned"], 0.6 * col["a/m"]) and np.allclose(col["a/m-tuned-dpo"], 0.35 * col["a/m"])
+    assert np.allclose(col["b/m-dpo"], col["b/m"] + 0.45 * (1 - col["b/m"])) and not np.allclose(col["a/m"], col["b/m"])
+
+
+def test_align_curves_and_held_out_table_join_the_comparison(tmp_path):
+    from llm4academic.rundir import RunDir
+
+    run = make_study(tmp_path, "a", {"m": BAD, "m-tuned": MIXED, "m-tuned-dpo": GOOD})
+    rd = RunDir(run)
+    rd.write_checkpoint_index([{"model": "m", "final": "unused"}])
+    rd.metrics("m").parent.mkdir(parents=True)
+    rd.metrics("m").write_text('{"step": 1, "loss": 2.0, "lr": 0.001}\n{"step": 2, "loss": 1.5, "lr": 0.0005}\n')
+    rd.write_align_index([{"model": "m-tuned-dpo", "base": "m", "start": "m-tuned", "final": "unused"}])
+    rd.align_metrics("m-tuned-dpo").parent.mkdir(parents=True)
+    rows = [
+        {"step": s, "loss": 0.69 - 0.1 * s, "lr": 1e-6, "rewards/accuracies": 0.5 + 0.1 * s, "rewards/margins": 0.1 * s,
+         "kl/implicit": 0.01 * s, "logps/chosen": -10.0}
+        for s in (1, 2, 3)
+    ]  # fmt: skip
+    rd.align_metrics("m-tuned-dpo").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pd.DataFrame({"model": ["m-tuned", "m-tuned-dpo"], "accuracy": [0.5, 0.75]}).to_csv(rd.align_held_out, index=False)
+    c = compare.compare([run], n_boot=100)
+    curves = c.curves
+    assert list(curves.columns) == ["model", "step", "metric", "value", "study", "run"]
+    train = curves[curves["run"] == "train"]
+    assert set(train["model"]) == {"m-tuned"} and set(train["metric"]) == {"loss", "lr"}
+    align = curves[curves["run"] == "align"]
+    assert set(align["model"]) == {"m-tuned-dpo"} and len(align) == 4 * 3
+    assert set(align["metric"]) == {"DPO loss", "reward accuracy", "reward margin", "implicit KL"}
+    acc = align[align["metric"] == "reward accuracy"].sort_values("step")["value"].tolist()
+    assert acc == pytest.approx([0.6, 0.7, 0.8])
+    assert c.held_out[["model", "accuracy", "study"]].values.tolist() == [
+        ["m-tuned", 0.5, "a"],
+        ["m-tuned-dpo", 0.75, "a"],
+    ]
+    assert compare.compare([make_study(tmp_path, "plain", {"m": GOOD})], n_boot=50).held_out is None

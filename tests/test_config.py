@@ -35,7 +35,7 @@ models:
 def test_smoke_params_load_and_resolve():
     p = load_params(SMOKE)
     assert isinstance(p, StudyParams)
-    assert p.name == "smoke" and p.steps == ["explore", "train", "evaluate", "compare"]
+    assert p.name == "smoke" and p.steps == ["explore", "train", "align", "evaluate", "compare"]
     assert p.trained_models[0].name == "tiny-llama" and p.evaluate.judge.model == "tiny-llama"
     assert [s.name for s in p.data.sources] == ["alpaca", "chinese_alpaca", "belle"]
     assert all(Path(s.path).is_absolute() and Path(s.path).is_file() for s in p.data.sources)

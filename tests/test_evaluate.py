@@ -84,6 +84,48 @@ def test_judge_grades_and_pairwise_both_orders(tmp_path):
     assert (tmp_path / "artifacts" / "evaluate" / "pairwise.parquet").is_file()
 
 
+def test_dpo_models_join_from_the_align_index_and_face_their_start_model(tmp_path):
+    """The align step's DPO models are evaluated with their base model's params, and the judge compares each with
+    the model its DPO run started from, in both orders (scorer pairwise_start), besides the configured baseline."""
+    from llm4academic.models import build_tiny, resolve_model_path
+    from llm4academic.rundir import RunDir
+
+    rd = RunDir(tmp_path)
+    rd.write_checkpoint_index([{"model": "tiny-llama", "final": resolve_model_path("tiny:llama")}])
+    dpo = build_tiny("llama", tmp_path / "dpo-final", seed=1)
+    rd.write_align_index(
+        [
+            {"model": "tiny-llama-tuned-dpo", "base": "tiny-llama", "start": "tiny-llama-tuned", "final": str(dpo)},
+            {"model": "tiny-bloom-dpo", "base": "tiny-bloom", "start": "tiny-bloom", "final": str(tmp_path / "gone")},
+        ]
+    )
+    judged = [*FAST, "evaluate.splits=[basic]", "evaluate.judge.model=tiny-llama", "evaluate.judge.baseline=GPT4"]
+    params = load_params(SMOKE, judged)
+    models = evaluate.evaluated_models(params, tmp_path)
+    assert [m.name for m in models] == ["tiny-llama", "tiny-bloom", "tiny-llama-tuned", "tiny-llama-tuned-dpo"]
+    same = {"name": "x", "path": "y"}  # the base model's params otherwise (template, card, dtype)
+    assert models[-1].path == str(dpo) and models[-1].model_copy(update=same) == models[0].model_copy(update=same)
+    off = evaluate.evaluated_models(load_params(SMOKE, [*FAST, "evaluate.aligned=false"]), tmp_path)
+    assert [m.name for m in off] == ["tiny-llama", "tiny-bloom", "tiny-llama-tuned"]
+    assert evaluate.dpo_starts(params, tmp_path, ["tiny-llama-tuned-dpo"]) == {}  # its start did not answer
+
+    result = evaluate.run(params, tmp_path, progress=False)
+    assert result["info"]["models"] == [m.name for m in models]
+    assert result["info"]["judge"]["starts"] == {"tiny-llama-tuned-dpo": "tiny-llama-tuned"}
+    pairwise = result["pairwise"]
+    vs_gpt4, vs_start = pairwise[pairwise["scorer"] == "pairwise"], pairwise[pairwise["scorer"] == "pairwise_start"]
+    assert set(vs_gpt4["against"]) == {"GPT4"} and set(vs_gpt4["model"]) <= {m.name for m in models}
+    answered = result["answers"].pivot_table(index="item_id", columns="model", values="answer", aggfunc="first")
+    both = answered[["tiny-llama-tuned-dpo", "tiny-llama-tuned"]].apply(lambda c: c.str.strip() != "").all(axis=1)
+    assert len(vs_start) == int(both.sum()) > 0 and set(vs_start["model"]) == {"tiny-llama-tuned-dpo"}
+    assert set(vs_start["against"]) == {"tiny-llama-tuned"}
+    assert set(vs_start["first"]) | set(vs_start["second"]) <= {"A", "B"}  # both orders asked
+    assert (vs_start["verdict"] == "tie").eq(~vs_start["consistent"].astype(bool)).all()  # inconsistent → tie
+    summary = {(r["model"], r["baseline"]): r for r in result["info"]["pairwise"]}
+    assert summary[("tiny-llama-tuned-dpo", "tiny-llama-tuned")]["n"] == len(vs_start)
+    assert "pairwise_start" in set(result["summary"]["scorer"])  # summarised apart from the baseline's verdicts
+
+
 def test_answers_say_whether_they_were_cut_and_scores_carry_it(evaluated):
     """max_new_tokens=6 cuts the tiny models' answers: the answers table says so per answer, the scores carry the
     flag (reference models' shipped answers: never cut), evaluate.json records what compare checks."""

@@ -127,3 +127,57 @@ def test_text_beside_the_figures():
 
     assert figures.model_names([Model(), "x"]) == "`tiny-llama`, `x`"
     assert figures.model_names([Model()], paths=True) == "`tiny-llama` (tiny:llama)"
+
+
+def test_dpo_stages_keep_their_foundation_models_hue():
+    kinds = {"x": "study", "x-tuned": "tuned", "x-tuned-dpo": "tuned-dpo", "y-dpo": "dpo", "y": "study",
+             "GPT4": "reference"}  # fmt: skip
+    colours = figures.palette(kinds, ["x", "x-tuned", "x-tuned-dpo", "y", "y-dpo"])
+    x, y = np.asarray(colours["x"]), np.asarray(colours["y"])
+    assert np.allclose(colours["x-tuned"], 0.6 * x) and np.allclose(colours["x-tuned-dpo"], 0.35 * x)
+    assert np.allclose(colours["y-dpo"], y + 0.45 * (1 - y)) and not np.allclose(x, y)
+    assert len({colours[m] for m in kinds}) == len(kinds)
+    # a DPO model whose base is not in the figure still takes its foundation model's hue
+    alone = figures.palette({"z-tuned-dpo": "tuned-dpo", "x": "study"}, ["x", "z-tuned-dpo"])
+    assert not np.allclose(alone["z-tuned-dpo"], 0.35 * np.asarray(alone["x"]))
+
+
+def test_stage_delta_judge_and_dpo_curve_figures():
+    scores = {**SCORES, "x-tuned-dpo": [1, 1, 1, 1, 1, 1, 1, 1], "y": [0] * 8, "y-dpo": [1, 0] * 4}
+    rows = [
+        (i, i.split("-")[0], m, "contains", float(v))
+        for m, vs in scores.items()
+        for i, v in zip(ITEMS, vs, strict=True)
+    ]
+    primary = pd.DataFrame(rows, columns=["item_id", "split", "model", "scorer", "score"])
+    studied = ["x", "x-tuned", "x-tuned-dpo", "y", "y-dpo"]
+    board = compare.leaderboard(primary, studied, n_boot=50)
+    colours = figures.palette(compare.model_kinds(board["model"].unique(), studied), studied)
+    fig = figures.plot_stages(compare.stage_scores(board, studied), colours)
+    assert isinstance(fig, Figure) and len(fig.axes[0].lines) >= 3  # x: base → SFT → SFT+DPO, y: base → DPO
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["base", "SFT", "DPO", "SFT+DPO"]
+    deltas = compare.tuning_deltas(primary, studied, n_boot=50)
+    fig = figures.plot_deltas(deltas, colours)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert "x sft→sft+dpo · overall" in labels and "y base→dpo · basic" in labels and len(labels) == len(deltas)
+    agreement = pd.DataFrame(
+        {"model": ["x-tuned-dpo", "x-tuned-dpo"], "baseline": ["GPT4", "x-tuned"], "n": 4, "wins": [1, 3],
+         "ties": [1, 1], "losses": [2, 0], "order_consistency": [0.75, 0.75]}
+    )  # fmt: skip
+    fig = figures.plot_judge(agreement, colours)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["x-tuned-dpo vs GPT4", "x-tuned-dpo vs x-tuned"]
+    logged = pd.DataFrame(
+        {"step": [1, 2, 3], "loss": [0.69, 0.6, 0.5], "rewards/accuracies": [0.5, 0.6, 0.8], "rewards/margins": [0,
+         0.2, 0.4], "kl/implicit": [0.0, 0.01, 0.03], "lr": 1e-6, "model": "x-tuned-dpo"}
+    )  # fmt: skip
+    titles = [ax.get_title() for ax in figures.align_curves(logged).axes]  # wide, as logged: the four DPO curves
+    assert titles == ["DPO loss", "reward accuracy", "reward margin", "implicit KL"]
+    long = logged.melt(id_vars=["step", "model"], var_name="metric")  # long: the four first, then the others
+    assert [ax.get_title() for ax in figures.align_curves(long).axes] == [*titles, "lr"]
+    curves = pd.concat(
+        [
+            pd.DataFrame({"model": "x-tuned", "step": [1, 2], "metric": "loss", "value": [2.0, 1.5]}),
+            logged.melt(id_vars=["step", "model"], var_name="metric").replace({"metric": figures.DPO_CURVES}),
+        ]
+    )
+    assert len(figures.plot_curves(curves, colours).axes) == 6  # SFT loss, lr, and the four DPO curves

@@ -324,6 +324,28 @@ def test_pairwise_asks_both_orders(canned, zb):
     assert report["position_bias"] == [{"model": "cand", "n": 3, "inconsistent": 1, "position_bias": 1 / 3}]
 
 
+def test_dpo_models_are_asked_against_their_start_in_both_orders(canned, zb):
+    """The endpoint judge asks what the local one asks (``verdicts.pairwise_tasks``): each DPO model against the model
+    its run started from, both orders, scorer ``pairwise_start``; a start that is also the baseline is asked once."""
+    judge = judge_for(canned, api_key_env=None)
+    answers = pd.concat(
+        [
+            answers_table(zb, ["GOOD CASE:pair", "BAD CASE:pair", "GOOD CASE:first"], model="x-tuned-dpo"),
+            answers_table(zb, ["BAD", "GOOD", "BAD"], model="x-tuned"),
+        ],
+        ignore_index=True,
+    )
+    starts = {"x-tuned-dpo": "x-tuned"}
+    pw = scoring.endpoint_pairwise_scores(answers, judge, None, zb, starts=starts, progress=False)
+    assert pw["verdict"].tolist() == ["win", "loss", "tie"] and set(pw["scorer"]) == {"pairwise_start"}
+    assert set(pw["model"]) == {"x-tuned-dpo"} and set(pw["against"]) == {"x-tuned"}
+    assert pw["consistent"].tolist() == [True, True, False] and pw["second"].tolist() == ["B", "A", "A"]
+    assert pw.attrs["requests"]["requests"] == 6 and pw.attrs["scoring"]["starts"] == starts
+    same = scoring.endpoint_pairwise_scores(answers, judge, "x-tuned", zb, starts=starts, progress=False)
+    assert same["verdict"].tolist() == ["win", "loss", "tie"] and set(same["scorer"]) == {"pairwise"}
+    assert same.attrs["requests"]["requests"] == 6  # not asked twice
+
+
 def test_a_stopped_run_resumes_with_nothing_lost_or_duplicated(canned, zb, tmp_path, recwarn):
     texts = [f"answer {i} CASE:ok{1 + i % 9}" for i in range(7)] + ["answer CASE:junk"]
     answers = answers_table(zb, texts)

@@ -244,6 +244,13 @@ RUN_ALL_OVERRIDES = [
     "train.max_steps=4",
     "train.save_steps=4",
     "train.main_process_port=29651",
+    "align.sources[0].max_records=80",
+    "align.max_pairs=16",
+    "align.max_steps=2",
+    "align.save_steps=2",
+    "align.main_process_port=29652",
+    "align.examples=1",
+    "align.example_max_new_tokens=4",
     "evaluate.limit=2",
     "evaluate.max_new_tokens=8",
     "evaluate.batch_size=8",
@@ -254,7 +261,7 @@ RUN_ALL_OVERRIDES = [
 @pytest.mark.slow
 def test_runs_top_to_bottom_with_its_defaults(tmp_path):
     """As a user pressing "Run All" in JupyterLab: cwd = notebooks/, the default params file (the smoke study),
-    here reduced through the `overrides` parameter; the four notebooks in order share one run directory."""
+    here reduced through the `overrides` parameter; the five notebooks in order share one run directory."""
     run_dir = tmp_path / "run"
     for path in ALL:
         defaults = {}

@@ -430,3 +430,53 @@ def test_bias_table_reads_the_judge_section_of_evaluate_json():
          "judge_is_this_model": True}
     ]  # fmt: skip
     assert scoring.bias_table(None) is None
+
+
+class LengthJudge:
+    """A judge without a model: prefers the longer answer; equal lengths → it picks position A both times (a tie)."""
+
+    name, language = "length-judge", "zh"
+
+    def compare(self, question, answer, baseline):
+        first = "A" if len(answer) >= len(baseline) else "B"
+        second = "B" if len(answer) > len(baseline) else "A"
+        return scoring.combine_orders(first, second)
+
+
+def test_pairwise_judges_each_dpo_model_against_its_start_in_both_orders(zb):
+    from llm4academic.scoring.verdicts import START_SCORER, pairwise_tasks
+
+    items = ["basic-001", "basic-002", "basic-003"]
+    texts = {
+        "x": ["短", "短", "短"],
+        "x-tuned": ["中等长度", "中等长度", "短"],
+        "x-tuned-dpo": ["很长很长的回答", "短", "短"],  # win, loss, tie against x-tuned
+        "y": ["中等长度", "", "短"],
+        "y-dpo": ["很长很长的回答", "很长很长的回答", "很长很长的回答"],  # y answered nothing to basic-002
+    }
+    answers = pd.DataFrame(
+        [(i, "basic", m, t) for m, ts in texts.items() for i, t in zip(items, ts, strict=True)],
+        columns=["item_id", "split", "model", "answer"],
+    )
+    starts = {"x-tuned-dpo": "x-tuned", "y-dpo": "y"}
+    pair = scoring.pairwise_scores(answers, LengthJudge(), "GPT4", zb, starts=starts, progress=False)
+    vs_gpt4 = pair[pair["against"] == "GPT4"]
+    assert (vs_gpt4["scorer"] == "pairwise").all() and len(vs_gpt4) == 14  # 5 models × 3 items, y's empty one skipped
+    start = pair[pair["scorer"] == START_SCORER].set_index(["model", "item_id"])
+    assert sorted(start.index) == sorted([("x-tuned-dpo", i) for i in items] + [("y-dpo", "basic-001"),
+                                                                             ("y-dpo", "basic-003")])  # fmt: skip
+    assert (start.loc["x-tuned-dpo", "against"] == "x-tuned").all() and (start.loc["y-dpo", "against"] == "y").all()
+    x = start.loc["x-tuned-dpo"]
+    assert x["verdict"].tolist() == ["win", "loss", "tie"] and x["consistent"].tolist() == [True, True, False]
+    assert x["first"].tolist() == ["A", "B", "A"] and x["second"].tolist() == ["B", "A", "A"]  # both orders asked
+    assert x["score"].tolist() == [1.0, 0.0, 0.5]
+    summary = scoring.pairwise_summary(pair).set_index(["model", "baseline"])
+    assert summary.loc[("x-tuned-dpo", "x-tuned"), ["wins", "ties", "losses", "inconsistent"]].tolist() == [1, 1, 1, 1]
+    assert len(summary) == 7 and summary.loc[("x", "GPT4"), "n"] == 3
+    assert pair.attrs["scoring"]["starts"] == starts
+    # no configured baseline: only the DPO models against their starts; a start that is the baseline is asked once
+    only = scoring.pairwise_scores(answers, LengthJudge(), None, zb, starts=starts, progress=False)
+    assert set(only["scorer"]) == {START_SCORER} and len(only) == 5
+    once = pairwise_tasks(answers, zb.set_index("item_id"), "x-tuned", starts)
+    assert [(t.rec.model, t.against, t.scorer) for t in once].count(("x-tuned-dpo", "x-tuned", "pairwise")) == 3
+    assert not [t for t in once if t.rec.model == "x-tuned-dpo" and t.scorer == START_SCORER]

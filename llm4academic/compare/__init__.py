@@ -1,15 +1,17 @@
 """The comparison step: which studied model answers Z-Bench best, and where — next to the 14 reference models.
 
 Reads finished evaluation artifacts of one study or of several studies run separately
-(``llm4academic compare reports/A reports/B``) and builds the tables that ``04_compare_models.ipynb`` plots:
+(``llm4academic compare reports/A reports/B``) and builds the tables that ``05_compare_models.ipynb`` plots:
 
 - **primary score** per answer: each item is scored by its most specific reference scorer (option letter, then
   number, then normalised containment, then Chinese ROUGE-L against the reference) — one score in [0, 1] per item,
   so that models can be ranked on one scale; only items with a reference count (``against == "reference"``);
 - the **leaderboard** per split and overall with seeded percentile-bootstrap CIs (``scoring.aggregate``);
-- a **per-tag** matrix, **base → tuned deltas** with paired bootstrap CIs, **length bias**, **truncation** (the
-  share of each studied model's answers cut at ``max_new_tokens``), **judge agreement** (order consistency of
-  pairwise verdicts), **training curves**, the **data mix**;
+- a **per-tag** matrix, **base → SFT → DPO per foundation model** (each stage's score with its CI, and the paired
+  bootstrap CI of each lineage step: base→sft, sft→sft+dpo, base→sft+dpo, base→dpo), **length bias**,
+  **truncation** (the share of each studied model's answers cut at ``max_new_tokens``), **judge agreement** (order
+  consistency of pairwise verdicts), **DPO vs its start model** (the judge's win rate in both orders, with CIs),
+  **training and align curves**, the **data mix**;
 - **findings**: best studied model per split and per tag, its margin over the runner-up and whether a paired
   bootstrap CI of that margin excludes zero.
 
@@ -54,13 +56,22 @@ from ..figures import (  # noqa: F401
     plot_leaderboard,
     plot_length_bias,
     plot_splits,
+    plot_stages,
     plot_tag_heatmap,
     style,
 )
 from ..rundir import RunDir
 from ..scoring import OVERALL
 from ..zbench import REFERENCE_MODELS, SPLITS, load_zbench, model_label, model_name  # noqa: F401
-from .context import data_flow, data_mix, judge_agreement, provenance, training_curves  # noqa: F401
+from .context import (  # noqa: F401
+    align_held_out,
+    data_flow,
+    data_mix,
+    judge_agreement,
+    provenance,
+    start_pairwise,
+    training_curves,
+)
 from .studies import (  # noqa: F401
     CompareError,
     Study,
@@ -73,9 +84,11 @@ from .studies import (  # noqa: F401
     study_models,
 )
 from .tables import (  # noqa: F401
+    LINEAGE_STEPS,
     MIN_TAG_ITEMS,
     PRIMARY_METHOD,
     PRIMARY_ORDER,
+    STAGE_KINDS,
     all_answers,
     answer_lengths,
     by_tag,
@@ -84,6 +97,7 @@ from .tables import (  # noqa: F401
     judge_means,
     leaderboard,
     length_bias,
+    lineage_steps,
     model_kinds,
     overall_order,
     paired_diff,
@@ -91,6 +105,8 @@ from .tables import (  # noqa: F401
     primary_tag_matrix,
     side_by_side,
     spearman,
+    stage_scores,
+    stage_table,
     tag_matrix,
     truncated_flags,
     truncation,
@@ -103,7 +119,7 @@ from .tables import (  # noqa: F401
 
 @dataclass
 class Comparison:
-    """Everything ``04_compare_models`` shows (see ``compare()``)."""
+    """Everything ``05_compare_models`` shows (see ``compare()``)."""
 
     studies: list[Study]
     zbench: pd.DataFrame
@@ -115,13 +131,16 @@ class Comparison:
     flagged: list[str]
     judge: pd.Series | None  # the judge's mean grade per model: its own column, never in the primary score
     tags: pd.DataFrame
-    deltas: pd.DataFrame
+    deltas: pd.DataFrame  # after − before per lineage step (base→sft, sft→sft+dpo, base→sft+dpo, base→dpo) and split
+    stages: pd.DataFrame  # the studied models' overall scores by foundation model and stage (base, sft, dpo, sft+dpo)
     findings: pd.DataFrame
     answers: pd.DataFrame
     lengths: pd.DataFrame
     bias: pd.DataFrame
     truncation: pd.DataFrame  # per studied model and split: answers cut at max_new_tokens
     agreement: pd.DataFrame | None
+    dpo_vs_start: pd.DataFrame | None  # each DPO model judged against its start model, both orders, with CIs
+    held_out: pd.DataFrame | None  # the align step's held-out preference accuracy, as it wrote it
     curves: pd.DataFrame
     mix: pd.DataFrame
     flow: pd.DataFrame
@@ -145,7 +164,7 @@ def compare(
     n_boot: int = 1000,
     min_tag_items: int = MIN_TAG_ITEMS,
 ) -> Comparison:
-    """Everything ``04_compare_models`` shows, from the studies' artifacts. Bootstrap seeds come from the first
+    """Everything ``05_compare_models`` shows, from the studies' artifacts. Bootstrap seeds come from the first
     study's seed, so the same studies give the same numbers."""
     studies = load_studies(run_dirs, params)
     seed = studies[0].seed
@@ -163,6 +182,7 @@ def compare(
     generated = combined(studies, "answers")  # the studied models' answers, with their truncated flags
     generated = None if generated is None else generated[generated["item_id"].isin(set(zb["item_id"]))]
     overall = board[board["split"] == OVERALL].sort_values("score", ascending=False)["model"].tolist()
+    pairwise = combined(studies, "pairwise")
     return Comparison(
         studies=studies,
         zbench=zb,
@@ -175,12 +195,15 @@ def compare(
         judge=judge_means(scores),
         tags=tags,
         deltas=tuning_deltas(primary, studied, seed=seed, n_boot=n_boot),
+        stages=stage_scores(board, studied),
         findings=findings(primary, zb, studied, seed=seed, n_boot=n_boot, min_tag_items=min_tag_items),
         answers=answers,
         lengths=lengths,
         bias=length_bias(primary, lengths),
         truncation=truncation(generated),
-        agreement=judge_agreement(combined(studies, "pairwise")),
+        agreement=judge_agreement(pairwise),
+        dpo_vs_start=start_pairwise(pairwise, studied, seed=seed, n_boot=n_boot),
+        held_out=align_held_out(studies),
         curves=training_curves(studies),
         mix=data_mix(studies),
         flow=data_flow(studies),
@@ -264,7 +287,8 @@ def headline(c: Comparison, figure: str | None = None) -> dict[str, Any]:
 
 def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) -> list[Path]:
     """Into the run directory's compare folder, atomically: the tables (leaderboard, by_tag, deltas, findings,
-    length_bias, primary_scores, truncation and, when a judge ran, judge_agreement) as CSV, the leaderboard figure
+    length_bias, primary_scores, truncation, the base → SFT → DPO stages and, when a judge ran, judge_agreement and
+    DPO vs its start model) as CSV, the leaderboard figure
     when one is given, and the headline."""
     rd = RunDir(run_dir)
     rd.compare_dir.mkdir(parents=True, exist_ok=True)
@@ -280,6 +304,10 @@ def write_artifacts(c: Comparison, run_dir: str | Path | RunDir, figure=None) ->
     }
     if c.agreement is not None:
         tables["judge_agreement"] = c.agreement
+    if len(c.stages):
+        tables["stages"] = c.stages
+    if c.dpo_vs_start is not None:
+        tables["dpo_vs_start"] = c.dpo_vs_start
     written = []
     for name, frame in tables.items():
         atomic_write(rd.compare_table(name), frame.to_csv(index=False))

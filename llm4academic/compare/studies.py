@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..base import KitError
 from ..config import StudyParams, resolved_dict
-from ..rundir import RunDir
+from ..rundir import RunDir, lineage
 from ..scoring import SCORER_VERSION
 from ..zbench import REFERENCE_MODELS
 
@@ -207,8 +207,8 @@ def _check_generation(first: Study, other: Study) -> None:
 
 
 def _base_name(model: str) -> str:
-    """A tuned model is renamed together with its base."""
-    return model.removesuffix("-tuned")
+    """A tuned model (``-tuned``, ``-dpo``, ``-tuned-dpo``) is renamed together with its base (``rundir.lineage``)."""
+    return lineage(model)[0]
 
 
 def load_studies(run_dirs: Iterable[str | Path], params: StudyParams | None = None) -> list[Study]:
@@ -239,6 +239,8 @@ def _rename(frame: pd.DataFrame | None, study: Study, *, only_study_models: bool
     if only_study_models:
         out = out[out["model"].isin(study.renamed)]
     out["model"] = out["model"].map(lambda m: study.renamed.get(m, m))
+    if "against" in out.columns:  # a pairwise baseline that is a study model (a DPO model's start model)
+        out["against"] = out["against"].map(lambda m: study.renamed.get(m, m))
     return out.assign(study=study.name)
 
 

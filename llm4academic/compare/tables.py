@@ -1,6 +1,7 @@
 """The comparison's tables, from scores on one scale: primary scores, the leaderboard with bootstrap CIs, per-tag
-scores, base → tuned deltas, findings (best model per facet and whether its margin is separated), length bias,
-truncated answers (the studies' judge agreement, training curves, data mix and provenance: ``context.py``).
+scores, the deltas of each lineage step (base → SFT → DPO) and the stages per foundation model, findings (best
+model per facet and whether its margin is separated), length bias, truncated answers (the studies' judge agreement,
+the DPO models against their start models, training and align curves, data mix and provenance: ``context.py``).
 
 Bootstrap resampling is seeded per group (``group_rng``): a group's interval does not depend on which other
 groups are in the table.
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
+from ..rundir import STAGES, lineage
 from ..scoring import OVERALL, aggregate, bootstrap_ci, group_rng
 from ..scoring.stats import spearman
 from ..zbench import REFERENCE_MODELS, SPLITS, answers_long, model_label
@@ -42,14 +44,17 @@ def primary_scores(scores: pd.DataFrame) -> pd.DataFrame:
     return ref[keep].reset_index(drop=True)
 
 
+# A studied model's kind by its stage; CSS-safe names (the index page uses them as row classes).
+STAGE_KINDS: dict[str, str] = {"base": "study", "sft": "tuned", "dpo": "dpo", "sft+dpo": "tuned-dpo"}
+
+
 def model_kinds(models: Iterable[str], studied: Sequence[str]) -> dict[str, str]:
-    """``study`` (a base model of a study), ``tuned`` (a model the train step tuned) or ``reference``."""
-    out = {}
-    for m in models:
-        out[m] = (
-            "reference" if m in REFERENCE_MODELS and m not in studied else "tuned" if m.endswith("-tuned") else "study"
-        )
-    return out
+    """``reference``, or by the model's stage (``rundir.lineage``): ``study`` (a base model of a study), ``tuned``
+    (the train step's SFT model), ``dpo`` (the align step's DPO model of a base model) or ``tuned-dpo`` (DPO after
+    SFT)."""
+    return {
+        m: "reference" if m in REFERENCE_MODELS and m not in studied else STAGE_KINDS[lineage(m)[1]] for m in models
+    }
 
 
 def leaderboard(
@@ -92,12 +97,7 @@ def without_flagged(primary: pd.DataFrame, flagged: Iterable[str]) -> pd.DataFra
 def wide_leaderboard(board: pd.DataFrame, judge: pd.Series | None = None) -> pd.DataFrame:
     """Models × splits, ``0.412 [0.30, 0.53]`` cells, ordered by the overall score; with ``judge`` (``judge_means``)
     a last column with the judge's mean grade, apart from the primary score."""
-    cells = board.assign(
-        cell=[
-            f"{s:.3f} [{lo:.2f}, {hi:.2f}]" if not math.isnan(s) else "—"
-            for s, lo, hi in zip(board["score"], board["ci_low"], board["ci_high"], strict=True)
-        ]
-    )
+    cells = board.assign(cell=[_cell(*v) for v in zip(board["score"], board["ci_low"], board["ci_high"], strict=True)])
     wide = cells.pivot_table(index="model", columns="split", values="cell", aggfunc="first")
     order = board[board["split"] == OVERALL].sort_values("score", ascending=False)["model"]
     splits = [s for s in [*SPLITS, OVERALL] if s in wide.columns]
@@ -170,23 +170,50 @@ def paired_diff(
     }
 
 
+# The lineage steps a deltas table shows, in order: (step, stage before, stage after).
+LINEAGE_STEPS: tuple[tuple[str, str, str], ...] = (
+    ("base→sft", "base", "sft"),
+    ("sft→sft+dpo", "sft", "sft+dpo"),
+    ("base→sft+dpo", "base", "sft+dpo"),
+    ("base→dpo", "base", "dpo"),
+)
+
+
+def lineage_steps(models: Sequence[str]) -> list[tuple[str, str, str]]:
+    """``(step, before, after)`` among the models, per foundation model in order of appearance: ``x`` → ``x-tuned``
+    (base→sft), ``x-tuned`` → ``x-tuned-dpo`` (sft→sft+dpo), ``x`` → ``x-tuned-dpo`` (base→sft+dpo), ``x`` →
+    ``x-dpo`` (base→dpo) — where both models are present."""
+    stages: dict[str, dict[str, str]] = {}
+    for m in models:
+        base, stage = lineage(m)
+        stages.setdefault(base, {})[stage] = m
+    return [
+        (step, by_stage[a], by_stage[b])
+        for by_stage in stages.values()
+        for step, a, b in LINEAGE_STEPS
+        if a in by_stage and b in by_stage
+    ]
+
+
 def tuning_pairs(models: Sequence[str]) -> list[tuple[str, str]]:
-    """(base, tuned) pairs among the models: ``x`` and ``x-tuned``."""
-    present = set(models)
-    return [(m[: -len("-tuned")], m) for m in models if m.endswith("-tuned") and m[: -len("-tuned")] in present]
+    """(before, after) pairs of the lineage steps among the models (``lineage_steps``): ``x`` and ``x-tuned``, …"""
+    return [(a, b) for _, a, b in lineage_steps(models)]
 
 
 def tuning_deltas(primary: pd.DataFrame, models: Sequence[str], *, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
-    """Tuned minus base, per split and overall, with paired bootstrap CIs: ``base, tuned, split, n, base_score,
-    tuned_score, delta, ci_low, ci_high, separated``."""
+    """After minus before for each lineage step (``lineage_steps``: base→sft, sft→sft+dpo, base→sft+dpo, base→dpo),
+    per split and overall, with paired bootstrap CIs: ``foundation, step, base, tuned, split, n, base_score,
+    tuned_score, delta, ci_low, ci_high, separated`` (``base``: the model before the step, ``tuned``: after it)."""
     rows = []
-    for base, tuned in tuning_pairs(models):
+    for step, base, tuned in lineage_steps(models):
         for split in [*[s for s in SPLITS if s in set(primary["split"])], OVERALL]:
             part = primary if split == OVERALL else primary[primary["split"] == split]
             d = paired_diff(part, tuned, base, seed=seed, n_boot=n_boot, key=(split,))
             means = part[part["model"].isin([base, tuned])].groupby("model")["score"].mean()
             rows.append(
                 {
+                    "foundation": lineage(base)[0],
+                    "step": step,
                     "base": base,
                     "tuned": tuned,
                     "split": split,
@@ -195,8 +222,52 @@ def tuning_deltas(primary: pd.DataFrame, models: Sequence[str], *, seed: int = 0
                     **d,
                 }
             )
-    cols = ["base", "tuned", "split", "n", "base_score", "tuned_score", "delta", "ci_low", "ci_high", "separated"]
-    return pd.DataFrame(rows, columns=cols)
+    cols = ["foundation", "step", "base", "tuned", "split", "n", "base_score", "tuned_score", "delta", "ci_low"]
+    return pd.DataFrame(rows, columns=[*cols, "ci_high", "separated"])
+
+
+def stage_scores(board: pd.DataFrame, studied: Sequence[str], split: str = OVERALL) -> pd.DataFrame:
+    """The studied models' scores on one split of the leaderboard, by lineage: ``foundation, stage, model, n, score,
+    ci_low, ci_high`` — one row per model, foundation models in study order, stages base, sft, dpo, sft+dpo."""
+    part = board[(board["split"] == split) & board["model"].isin(studied)].set_index("model")
+    rows = [(*lineage(m), m) for m in studied if m in part.index]
+    out = pd.DataFrame(rows, columns=["foundation", "stage", "model"])
+    out = out.join(part[["n", "score", "ci_low", "ci_high"]], on="model")
+    order = {b: i for i, b in enumerate(dict.fromkeys(out["foundation"]))}
+    rank = out["stage"].map(STAGES.index) + out["foundation"].map(order) * len(STAGES)
+    return out.assign(_r=rank).sort_values("_r", kind="stable").drop(columns="_r").reset_index(drop=True)
+
+
+def _cell(score: float, low: float, high: float, signed: bool = False) -> str:
+    """``0.412 [0.30, 0.53]`` (signed: ``+0.120 [+0.02, +0.22]``); ``—`` for no score."""
+    sign = "+" if signed else ""
+    return "—" if math.isnan(score) else f"{score:{sign}.3f} [{low:{sign}.2f}, {high:{sign}.2f}]"
+
+
+def stage_table(stages: pd.DataFrame, deltas: pd.DataFrame) -> pd.DataFrame:
+    """Base → SFT → DPO per foundation model: one row per foundation model, a ``0.412 [0.30, 0.53]`` cell per stage
+    (``stage_scores``) and per lineage step the overall paired difference ``+0.120 [+0.02, +0.22]`` (``*`` when its
+    CI excludes zero; ``tuning_deltas``)."""
+    if not len(stages):
+        return pd.DataFrame()
+    table = stages.assign(
+        cell=[_cell(*v) for v in zip(stages["score"], stages["ci_low"], stages["ci_high"], strict=True)]
+    ).pivot_table(index="foundation", columns="stage", values="cell", aggfunc="first")
+    table = table[[s for s in STAGES if s in table.columns]]
+    overall = deltas[deltas["split"] == OVERALL]
+    if len(overall):
+        steps = overall.assign(
+            cell=[
+                _cell(d, lo, hi, signed=True) + (" *" if sep else "")
+                for d, lo, hi, sep in zip(
+                    overall["delta"], overall["ci_low"], overall["ci_high"], overall["separated"], strict=True
+                )
+            ]
+        ).pivot_table(index="foundation", columns="step", values="cell", aggfunc="first")
+        table = table.join(steps[[s for s, _, _ in LINEAGE_STEPS if s in steps.columns]])
+    table = table.reindex(list(dict.fromkeys(stages["foundation"]))).fillna("—")
+    table.columns.name = None
+    return table
 
 
 def _best_two(part: pd.DataFrame, models: Sequence[str]) -> list[tuple[str, float]]:

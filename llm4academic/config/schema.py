@@ -160,6 +160,14 @@ class DataParams(_Strict):
     contamination: ContaminationParams = Field(default_factory=ContaminationParams)
     decontaminate: bool = Field(default=False, description="drop training records that overlap Z-Bench")
     mix: MixParams = Field(default_factory=MixParams)
+    cache: bool = Field(
+        default=True,
+        description="reuse loaded sources (Arrow) and step results from the kit's cache (.cache/data), keyed by "
+        "file sha256, loader version and params",
+    )
+    num_proc: PositiveInt | None = Field(
+        default=None, description="worker processes for large corpora (≥ 50,000 records); None = every usable CPU"
+    )
 
     @field_validator("sources")
     @classmethod

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -37,11 +38,12 @@ from .verdicts import (
     PAIRWISE_COLUMNS,
     Grade,
     Verdict,
-    baseline_pairs,
     combine_orders,
     grading_prompt,
+    pairwise_label,
     pairwise_prompt,
     pairwise_row,
+    pairwise_tasks,
     rubric_language,
 )
 
@@ -292,38 +294,36 @@ def endpoint_judge_scores(
 def endpoint_pairwise_scores(
     answers: pd.DataFrame,
     judge: EndpointJudge,
-    baseline: str = FALLBACK_MODEL,
+    baseline: str | None = FALLBACK_MODEL,
     zbench: pd.DataFrame | None = None,
     *,
+    starts: Mapping[str, str] | None = None,
     progress: bool | None = None,
     stop_after: int | None = None,
 ) -> pd.DataFrame:
-    """``pairwise_scores`` through the endpoint: each answer against the baseline's, in both orders (candidate as A,
-    then as B); an item counts only when both orders parsed, else each failed order is listed in
-    ``attrs["failures"]`` (``order`` ``AB`` / ``BA``). Columns as ``pairwise_scores``."""
+    """``pairwise_scores`` through the endpoint: each answer against the baseline's (and each DPO model of ``starts``
+    against its start model's), in both orders (candidate as A, then as B); an item counts only when both orders
+    parsed, else each failed order is listed in ``attrs["failures"]`` (``order`` ``AB`` / ``BA``). Columns as
+    ``pairwise_scores``."""
     items = answer_items(answers, zbench)
-    base, todo = baseline_pairs(answers, items, baseline)
     plan, asks = [], {}
-    for rec in todo.itertuples(index=False):
-        answer, reference = cell_text(rec.answer), cell_text(base[rec.item_id])
-        if not answer.strip() or not reference.strip():
-            continue
-        question = cell_text(items.loc[rec.item_id, "prompt"])
+    for t in pairwise_tasks(answers, items, baseline, starts):
         keys = []
-        for a, b in ((answer, reference), (reference, answer)):
-            content = judge.pairwise_message(question, a, b)
+        for a, b in ((t.answer, t.baseline_answer), (t.baseline_answer, t.answer)):
+            content = judge.pairwise_message(t.question, a, b)
             keys.append(judge.cache_key("pairwise", content))
             asks[keys[-1]] = ("pairwise", content)
-        plan.append((rec, keys))
-    results, report = judge.ask_all(asks, progress=progress, stop_after=stop_after, desc=f"pairwise vs {baseline}")
+        plan.append((t, keys))
+    desc = pairwise_label(baseline, starts)
+    results, report = judge.ask_all(asks, progress=progress, stop_after=stop_after, desc=desc)
     rows, failures = [], []
-    for rec, (k1, k2) in plan:
+    for t, (k1, k2) in plan:
         r1, r2 = results.get(k1), results.get(k2)
         bad = [(order, r) for order, r in (("AB", r1), ("BA", r2)) if not r or r["status"] != "ok"]
         if bad:
-            failures.extend(_failure(rec, "pairwise", order, r) for order, r in bad)
+            failures.extend(_failure(t.rec, t.scorer, order, r) for order, r in bad)
             continue
         v = combine_orders(r1["label"], r2["label"], float(r1["p_a"]), 1 - float(r2["p_a"]))
-        rows.append(pairwise_row(rec, baseline, v))
+        rows.append(pairwise_row(t.rec, t.against, v, t.scorer))
     out = pd.DataFrame(rows, columns=list(PAIRWISE_COLUMNS))
-    return _attrs(out, "pairwise", judge, failures, report, baseline=baseline)
+    return _attrs(out, "pairwise", judge, failures, report, baseline=baseline, starts=dict(starts or {}))

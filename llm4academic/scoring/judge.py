@@ -6,7 +6,7 @@ scoring package imports this module only when one of its names is first used."""
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,11 +22,12 @@ from .verdicts import (
     SCORE_STRINGS,
     Grade,
     Verdict,
-    baseline_pairs,
     combine_orders,
     grading_prompt,
+    pairwise_label,
     pairwise_prompt,
     pairwise_row,
+    pairwise_tasks,
     rubric_language,
     sequence_probs,
 )
@@ -185,37 +186,37 @@ def judge_scores(
 def pairwise_scores(
     answers: pd.DataFrame,
     judge: Judge,
-    baseline: str = FALLBACK_MODEL,
+    baseline: str | None = FALLBACK_MODEL,
     zbench: pd.DataFrame | None = None,
     *,
+    starts: Mapping[str, str] | None = None,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """Judge every stored answer against the baseline model's answer to the same item, in both orders.
+    """Judge every stored answer against the baseline model's answer to the same item, in both orders — and each
+    DPO model of ``starts`` (→ the model its run started from) against its start model's answer.
 
     The baseline's answers come from ``answers`` (rows with ``model == baseline``) or else from the Z-Bench column of
-    that name. Columns: ``score_answers``' (``scorer`` = ``pairwise``, ``score`` 1 win / 0.5 tie / 0 loss,
-    ``against`` = the baseline) plus ``verdict``, ``first``, ``second``, ``consistent``. Items where either answer is
-    empty are skipped; the baseline is not compared with itself. ``pairwise_summary`` counts the position bias."""
+    that name. Columns: ``score_answers``' (``scorer`` = ``pairwise``, or ``pairwise_start`` against a start model;
+    ``score`` 1 win / 0.5 tie / 0 loss, ``against`` = the baseline) plus ``verdict``, ``first``, ``second``,
+    ``consistent``. Items where either answer is empty are skipped; the baseline is not compared with itself
+    (``verdicts.pairwise_tasks``). ``pairwise_summary`` counts the position bias."""
     items = answer_items(answers, zbench)
-    base, todo = baseline_pairs(answers, items, baseline)
-    rows = []
-    for rec in tqdm(
-        todo.itertuples(index=False),
-        total=len(todo),
-        desc=f"pairwise vs {baseline}",
-        disable=None if progress is None else not progress,
-        leave=False,
-    ):
-        answer, reference = cell_text(rec.answer), cell_text(base[rec.item_id])
-        if not answer.strip() or not reference.strip():
-            continue
-        v = judge.compare(cell_text(items.loc[rec.item_id, "prompt"]), answer, reference)
-        rows.append(pairwise_row(rec, baseline, v))
+    tasks = pairwise_tasks(answers, items, baseline, starts)
+    rows = [
+        pairwise_row(t.rec, t.against, judge.compare(t.question, t.answer, t.baseline_answer), t.scorer)
+        for t in tqdm(
+            tasks,
+            desc=pairwise_label(baseline, starts),
+            disable=None if progress is None else not progress,
+            leave=False,
+        )
+    ]
     out = pd.DataFrame(rows, columns=list(PAIRWISE_COLUMNS))
     out.attrs["scoring"] = {
-        "scorers": ["pairwise"],
+        "scorers": sorted({t.scorer for t in tasks}) or ["pairwise"],
         "judge": judge.name,
         "baseline": baseline,
+        "starts": dict(starts or {}),
         "language": judge.language,
         "zbench": dict(PROVENANCE),
     }

@@ -3,15 +3,17 @@
 ``grading_prompt`` / ``pairwise_prompt`` are the MT-Bench-style rubrics (Chinese or English); ``sequence_probs``
 reads the probability of each score string from next-token distributions (multi-token scores such as ``1``+``0``
 handled exactly); ``Grade`` is a 1–10 grade; ``Verdict`` / ``combine_orders`` a pairwise judgement asked in both
-orders — an order-inconsistent verdict is a tie and counts towards the position-bias rate (``pairwise_summary``).
-The model itself is ``judge.Judge``.
+orders — an order-inconsistent verdict is a tie and counts towards the position-bias rate (``pairwise_summary``);
+``pairwise_tasks`` what both judges ask pairwise (each answer against the baseline, each DPO model against the model
+it started from). The model itself is ``judge.Judge``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -168,9 +170,11 @@ def combine_orders(first: str, second: str, p_first: float = math.nan, p_second:
 
 
 def pairwise_summary(pairwise: pd.DataFrame) -> pd.DataFrame:
-    """Per model: ``n, wins, ties, losses, inconsistent, position_bias`` (share of order-inconsistent verdicts, all
-    counted as ties) and ``win_rate`` ((wins + ties/2) / n)."""
-    g = pairwise.groupby("model", sort=False)
+    """Per model and ``baseline`` (the pairwise table's ``against``): ``n, wins, ties, losses, inconsistent,
+    position_bias`` (share of order-inconsistent verdicts, all counted as ties) and ``win_rate`` ((wins + ties/2) /
+    n)."""
+    keys = ["model", "against"] if "against" in pairwise.columns else ["model"]
+    g = pairwise.groupby(keys, sort=False)
     out = pd.DataFrame(
         {
             "n": g.size(),
@@ -182,15 +186,16 @@ def pairwise_summary(pairwise: pd.DataFrame) -> pd.DataFrame:
     )
     out["position_bias"] = out["inconsistent"] / out["n"]
     out["win_rate"] = (out["wins"] + out["ties"] / 2) / out["n"]
-    return out.reset_index()
+    return out.reset_index().rename(columns={"against": "baseline"})
 
 
 PAIRWISE_COLUMNS: tuple[str, ...] = (*SCORE_COLUMNS, "verdict", "first", "second", "consistent")
+START_SCORER = "pairwise_start"  # the scorer of a DPO model's verdicts against the model its DPO run started from
 
 
-def pairwise_row(rec, baseline: str, v: Verdict) -> tuple:
+def pairwise_row(rec, baseline: str, v: Verdict, scorer: str = "pairwise") -> tuple:
     """One row of a pairwise table (``PAIRWISE_COLUMNS``) for answer ``rec`` judged against ``baseline``."""
-    return (rec.item_id, rec.split, rec.model, "pairwise", v.score, baseline, v.outcome, v.first, v.second,
+    return (rec.item_id, rec.split, rec.model, scorer, v.score, baseline, v.outcome, v.first, v.second,
             v.consistent)  # fmt: skip
 
 
@@ -205,3 +210,45 @@ def baseline_pairs(answers: pd.DataFrame, items: pd.DataFrame, baseline: str) ->
         )
     base = own if not own.empty else items[baseline]
     return base, answers[(answers["model"] != baseline) & answers["item_id"].isin(base.index)]
+
+
+class PairTask(NamedTuple):
+    """One pairwise judgement to ask (in both orders): the candidate's answer row ``rec`` against ``against``."""
+
+    rec: Any
+    against: str
+    scorer: str
+    question: str
+    answer: str
+    baseline_answer: str
+
+
+def pairwise_tasks(
+    answers: pd.DataFrame, items: pd.DataFrame, baseline: str | None, starts: Mapping[str, str] | None = None
+) -> list[PairTask]:
+    """Everything pairwise judging asks, for the local and the endpoint judge alike: each answer against
+    ``baseline``'s answer to the same item (scorer ``pairwise``; ``baseline_pairs``), then each model of ``starts``
+    (a DPO model → the model its run started from) against its start model's answer (scorer ``START_SCORER``) —
+    unless that start is ``baseline`` (already asked). Items where either answer is empty are skipped; a start
+    model without answers gives no task."""
+    jobs: list[tuple[str, str, pd.Series, pd.DataFrame]] = []
+    if baseline:
+        jobs.append((baseline, "pairwise", *baseline_pairs(answers, items, baseline)))
+    for model, start in (starts or {}).items():
+        if start != baseline:
+            own = answers[answers["model"] == start].set_index("item_id")["answer"]
+            todo = answers[(answers["model"] == model) & answers["item_id"].isin(own.index)]
+            jobs.append((start, START_SCORER, own, todo))
+    tasks = []
+    for against, scorer, base, todo in jobs:
+        for rec in todo.itertuples(index=False):
+            answer, reference = cell_text(rec.answer), cell_text(base[rec.item_id])
+            if answer.strip() and reference.strip():
+                question = cell_text(items.loc[rec.item_id, "prompt"])
+                tasks.append(PairTask(rec, against, scorer, question, answer, reference))
+    return tasks
+
+
+def pairwise_label(baseline: str | None, starts: Mapping[str, str] | None = None) -> str:
+    """What a pairwise run compares with, for progress bars: ``pairwise vs GPT4 + start models``."""
+    return "pairwise vs " + " + ".join([*([baseline] if baseline else []), *(["start models"] if starts else [])])
