@@ -214,6 +214,13 @@ def held_out_rows(name: str, stage: str, logps: pd.DataFrame, beta: float, seed:
         "ci_low": lo,
         "ci_high": hi,
         "logp_margin": float(margin.mean()),
+        # the same per reply token: summed log-probabilities favour the shorter reply, and chosen replies run longer
+        "per_token_accuracy": float(
+            (
+                logps["logp_chosen"] / logps["tokens_chosen"].clip(lower=1)
+                > logps["logp_rejected"] / logps["tokens_rejected"].clip(lower=1)
+            ).mean()
+        ),
     }
     if "ref_logp_chosen" in logps:
         reward = beta * (

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import ROOT, SAMPLES, write
 
-from llm4academic import align, preference, sft
+from llm4academic import align, align_eval, preference, sft
 from llm4academic.base import KitError
 from llm4academic.config import ConfigError, ModelParams, load_params
 from llm4academic.models import add_special_tokens, load_tokenizer
@@ -78,6 +78,7 @@ def test_the_kits_dpo_loss_is_the_formula_computed_by_hand(tmp_path):
     assert kit == pytest.approx(by_hand, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_few_pairs_are_learnt_past_ninety_percent_reward_accuracy(tmp_path):
     params = load_params(study(tmp_path, max_steps=40, learning_rate=1e-2, per_device_batch_size=8, beta=0.1))
     rows, tok = tokenised(params, 8)
@@ -220,3 +221,30 @@ def test_the_cli_worker_runs_under_torchrun_on_two_processes(tmp_path):
     [entry] = rd.read_align_index()
     assert entry["model"] == "tiny-llama-dpo" and entry["steps"] == 3
     assert (rd.align_final("tiny-llama-dpo") / "model.safetensors").is_file()
+
+
+def test_held_out_answers_are_shown_as_text(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    rd.align_dir.mkdir(parents=True)
+    row = {"model": "m-tuned-dpo", "start": "m-tuned", "id": "hh-1", "prompt": "<b>hi</b>", "chosen": "a & b",
+           "m-tuned": "<script>alert(1)</script>", "m-tuned-dpo": "<img src=x onerror=alert(2)>"}  # fmt: skip
+    rd.align_examples.write_text(json.dumps([row]))
+    page = align_eval.examples_html(rd.root)
+    assert "<script>" not in page and "<img" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "a &amp; b" in page
+
+
+def test_held_out_rows_measure_both_models_on_the_same_pairs():
+    import pandas as pd
+
+    start = pd.DataFrame({"id": list("abcd"), "logp_chosen": [-5.0, -9, -3, -8], "logp_rejected": [-6.0, -4, -7, -2],
+                          "tokens_chosen": [5, 9, 3, 8], "tokens_rejected": [6, 2, 7, 1]})  # fmt: skip
+    dpo = start.assign(logp_chosen=[-4.0, -3, -3, -1], ref_logp_chosen=start.logp_chosen,
+                       ref_logp_rejected=start.logp_rejected, kl_chosen=0.1)  # fmt: skip
+    [s] = preference.held_out_rows("m-tuned", "sft", start, beta=0.1, seed=0)
+    [d] = preference.held_out_rows("m-tuned-dpo", "sft+dpo", dpo, beta=0.1, seed=0)
+    assert s["preference_accuracy"] == 0.5 and d["preference_accuracy"] == 1.0 and "reward_accuracy" not in s
+    assert d["reward_accuracy"] == 0.75  # item c: chosen unchanged, rejected unchanged → reward 0, not a win
+    assert d["reward_margin"] == pytest.approx(0.1 * (1 + 6 + 0 + 7) / 4)
+    gain = preference.paired_gain(start, dpo, seed=0, key="m")
+    assert gain["gain"] == 0.5 and gain["gain_ci_low"] <= 0.5 <= gain["gain_ci_high"]

@@ -51,11 +51,13 @@ def test_manifest_has_provenance(smoke_run):
         assert m["versions"][pkg]
     assert m["platform"]["cpus"] >= 1 and m["started"] <= m["ended"]
     files = {f["source"]: f for f in m["data_files"]}
-    assert set(files) == {"alpaca", "chinese_alpaca", "belle"}
+    assert set(files) == {"alpaca", "chinese_alpaca", "belle", "align:hh_rlhf"}
+    assert m["versions"]["trl"]
     assert all(f["sha256"] == sha256_file(f["path"]) for f in files.values())
     assert [(nb["notebook"], nb["status"]) for nb in m["notebooks"]] == [
         ("01_explore_data.ipynb", "ok"),
         ("02_train_fsdp.ipynb", "ok"),
+        ("03_align_dpo.ipynb", "ok"),
         ("04_evaluate_zbench.ipynb", "ok"),
         ("05_compare_models.ipynb", "ok"),
     ]
@@ -103,8 +105,16 @@ def test_html_and_index_say_what_they_should(smoke_run):
     assert trained["packing_efficiency"] > 0.9 > trained["padded_efficiency"]
     assert (Path(trained["final"]) / "model.safetensors").is_file() and 'id="training"' in index
     assert "FSDP engaged" in (run_dir / "02_train_fsdp.html").read_text()
+    (aligned,) = m["align"]  # then DPO from the SFT checkpoint on hh-rlhf pairs, DDP on 2 CPU processes
+    assert (aligned["model"], aligned["start"], aligned["steps"]) == ("tiny-llama-tuned-dpo", "tiny-llama-tuned", 20)
+    assert aligned["distributed"]["distributed_type"] == "MULTI_CPU" and aligned["distributed"]["num_processes"] == 2
+    assert aligned["held_out_pairs"] > 20 and 0 <= aligned["dpo_accuracy"] <= 1 and aligned["gain_ci"][0] <= aligned["gain"]
+    assert (Path(aligned["final"]) / "model.safetensors").is_file() and 'id="align"' in index
+    page = (run_dir / "03_align_dpo.html").read_text()
+    for heading in ("DPO runs", "Preference pairs", "Curves", "Held-out pairs: start model vs DPO model"):
+        assert f">{heading}<" in page, heading
     evaluated = json.loads((run_dir / "artifacts/evaluate/evaluate.json").read_text())
-    assert evaluated["models"] == ["tiny-llama", "tiny-bloom", "tiny-llama-tuned"]  # base and tuned
+    assert evaluated["models"] == ["tiny-llama", "tiny-bloom", "tiny-llama-tuned", "tiny-llama-tuned-dpo"]
     assert all((run_dir / f"artifacts/evaluate/zbench_{s}.csv").is_file() for s in ("basic", "advanced", "domain"))
     executed = nbformat.read(run_dir / "01_explore_data.ipynb", as_version=4)
     outputs = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs]
@@ -120,7 +130,10 @@ def test_comparison_notebook_and_headline(smoke_run):
         "Per split",
         "Findings",
         "Per task tag",
-        "What tuning changed",
+        "Base → SFT → DPO per foundation model",
+        "What each tuning step changed",
+        "DPO against the model it started from",
+        "Held-out preference pairs",
         "Length bias",
         "Judge agreement",
         "Training curves",
@@ -134,13 +147,13 @@ def test_comparison_notebook_and_headline(smoke_run):
     assert "cdnjs" not in page and "unpkg" not in page  # readable offline
     headline = json.loads((run_dir / "artifacts/compare/headline.json").read_text())
     models = [r["model"] for r in headline["rows"]]
-    assert len(models) == 17 and {"tiny-llama", "tiny-bloom", "tiny-llama-tuned", "GPT4"} <= set(models)
+    assert len(models) == 18 and {"tiny-llama", "tiny-bloom", "tiny-llama-tuned", "tiny-llama-tuned-dpo"} <= set(models)
     assert headline["seed"] == 42 and headline["n_items"] > 20 and headline["findings"][0].startswith("overall: ")
     index = (run_dir / "index.html").read_text()
     assert 'id="leaderboard"' in index and 'src="artifacts/compare/leaderboard.png"' in index
     assert 'id="findings"' in index and 'id="recipe"' in index and "seed <code>42</code>" in index
     assert (run_dir / "artifacts/compare/leaderboard.png").stat().st_size > 10_000
-    for nb in ("01_explore_data", "02_train_fsdp", "04_evaluate_zbench", "05_compare_models"):
+    for nb in ("01_explore_data", "02_train_fsdp", "03_align_dpo", "04_evaluate_zbench", "05_compare_models"):
         html = (run_dir / f"{nb}.html").read_text()
         assert "cdnjs.cloudflare.com" not in html and "application/vnd.jupyter.widget" not in html, nb
 

@@ -7,7 +7,8 @@ too short for either is taken whole if it has at least ``min_zh`` CJK characters
 one cannot be judged and is reported as too short to check. A training record (instruction, input, output,
 every conversation turn, chosen, rejected) is contaminated by an item when it shares an n-gram with it, or holds
 both readings of a short item whole. No n-gram spans two fields or turns: the record's text carries a
-``FIELD_BREAK`` between them that both readings keep. pandas in and out; no torch.
+``FIELD_BREAK`` between them that both readings keep. Records as pandas or an Arrow-backed dataset (scanned in
+batches, in forked workers when large); pandas out; no torch.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from itertools import chain
 
+import datasets
 import pandas as pd
 from tqdm.auto import tqdm
 
 from ..base import KitError
 from ..zbench import load_zbench
+from .parallel import map_shards
 
 CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"  # ideographs, extensions A to H
 FIELD_BREAK = "\ue000"  # a private-use character: kept by both readings, in no Z-Bench gram
@@ -284,8 +287,35 @@ def _counts(records_scanned: int, matches: pd.DataFrame, items: pd.DataFrame) ->
     }
 
 
+def _scan_shard(state, start: int, stop: int) -> list[dict]:
+    ds, index, cols = state
+    part = ds.select_columns(["id", "source", *cols])
+    rows = []
+    for a in range(start, stop, 5_000):
+        batch = part[a : min(a + 5_000, stop)]
+        texts = (FIELD_BREAK.join(map(_as_text, v)) for v in zip(*(batch[c] for c in cols), strict=True))
+        rows += _match_rows(batch["id"], batch["source"], texts, index)
+    return rows
+
+
+def _check_dataset(records: datasets.Dataset) -> list[str]:
+    cols = [c for c in RECORD_TEXT if c in records.column_names]
+    if "id" not in records.column_names or not cols:
+        raise ContaminationError(
+            "the training records need an `id` column and at least one of "
+            f"{', '.join(RECORD_TEXT)}; they have: {', '.join(records.column_names)}"
+        )
+    ids = pd.Series(records.select_columns(["id"]).to_dict()["id"], dtype=object)
+    dupes = ids[ids.duplicated()]
+    if len(dupes):
+        raise ContaminationError(
+            f"record ids must be unique to report and drop records; repeated: {', '.join(map(str, dupes.unique()[:5]))}"
+        )
+    return cols
+
+
 def find_contamination(
-    records: pd.DataFrame,
+    records: pd.DataFrame | datasets.Dataset,
     zbench: pd.DataFrame | None = None,
     *,
     n_en: int = 13,
@@ -294,18 +324,28 @@ def find_contamination(
     min_zh: int = 8,
     fields: Iterable[str] = ("prompt", "reference"),
     progress: bool = True,
+    num_proc: int | None = 1,
+    matches: pd.DataFrame | None = None,
 ) -> ContaminationReport:
-    """Which training records overlap which Z-Bench items (``zbench`` defaults to the shipped Z-Bench)."""
+    """Which training records overlap which Z-Bench items (``zbench`` defaults to the shipped Z-Bench).
+
+    ``records``: a DataFrame, or an Arrow-backed ``datasets.Dataset`` (read in batches, in ``num_proc`` forked
+    workers when large; needs a ``source`` column). ``matches``: the match table of an earlier identical check (the
+    data cache), so that only the report is rebuilt.
+    """
     zbench = load_zbench() if zbench is None else zbench
     fields = (fields,) if isinstance(fields, str) else tuple(dict.fromkeys(fields))
     settings = Settings(n_en=n_en, n_zh=n_zh, min_en=min_en, min_zh=min_zh, fields=fields)
-    _text_columns(records)  # fail before building anything
+    is_ds = isinstance(records, datasets.Dataset)
+    cols = _check_dataset(records) if is_ds and matches is None else None if is_ds else _text_columns(records)
     start, index = time.perf_counter(), build_index(zbench, settings)
-    texts = tqdm(
-        record_texts(records), total=len(records), desc="contamination", unit="rec", disable=not progress, mininterval=1
-    )
-    sources = records["source"].tolist() if "source" in records.columns else [""] * len(records)
-    matches = pd.DataFrame(_match_rows(records["id"].tolist(), sources, texts, index), columns=MATCH_COLUMNS)
+    if matches is None and is_ds:
+        rows = [r for part in map_shards(_scan_shard, len(records), (records, index, cols), num_proc) for r in part]
+        matches = pd.DataFrame(rows, columns=MATCH_COLUMNS)
+    elif matches is None:
+        texts = tqdm(record_texts(records), total=len(records), desc="contamination", unit="rec", disable=not progress)
+        sources = records["source"].tolist() if "source" in records.columns else [""] * len(records)
+        matches = pd.DataFrame(_match_rows(records["id"].tolist(), sources, texts, index), columns=MATCH_COLUMNS)
     seconds = round(time.perf_counter() - start, 3)
     info = {**asdict(settings), "fields": list(settings.fields), "zbench": zbench.attrs.get("zbench", {})}
     too_short = index.items.loc[index.items["status"] == "too_short", ["item_id", "split", "field", "text"]]

@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+from datasets.arrow_writer import ArrowWriter
 
 from ..config import SourceParams
 from . import adapters
+from .cache import LOADER_VERSION, DataCache, key
+from .parallel import map_items
 from .raw import DataError, InvalidRecord, iter_raw
 from .stats import detect_language
 
@@ -37,6 +40,8 @@ RECORD_FEATURES = datasets.Features(
 )
 COLUMNS = tuple(RECORD_FEATURES)
 MAX_EXAMPLES = 5  # file:line examples kept per load report
+BATCH = 20_000  # records per Arrow batch while loading
+PARALLEL_BYTES = 32 * 2**20  # sources to load together at least this large go to forked workers
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,11 @@ class LoadReport:
             "skipped_total": sum(self.skipped.values()),
             "examples": list(self.examples),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoadReport:
+        fields = ("source", "path", "format", "layout", "read", "kept", "examples")
+        return cls(**{k: d[k] for k in fields}, skipped=Counter(d["skipped"]))
 
 
 # Auto-detection tries the formats in this order and takes the first whose fields are all present. The signatures
@@ -172,8 +182,12 @@ def load_file(
     language: str | None = None,
     on_invalid: str = "error",
     max_records: int | None = None,
+    arrow_path: str | Path | None = None,
 ) -> tuple[datasets.Dataset, LoadReport]:
-    """Read one file into unified records (an Arrow-backed ``datasets.Dataset``) and its ``LoadReport``."""
+    """Read one file into unified records (an Arrow-backed ``datasets.Dataset``) and its ``LoadReport``.
+
+    Records go to Arrow ``BATCH`` at a time: into ``arrow_path`` (then memory-mapped) when given, else in memory.
+    """
     path = Path(path)
     if on_invalid not in ("error", "skip"):
         raise ValueError(f"on_invalid must be 'error' or 'skip', got {on_invalid!r}")
@@ -182,8 +196,26 @@ def load_file(
     if not path.is_file():
         raise DataError(f"{path}: data file not found")
     layout, rows = iter_raw(path)
-    chosen = FORMATS.get(fmt)
     report = LoadReport(source=source, path=str(path), format=fmt, layout=layout)
+    writer = ArrowWriter(features=RECORD_FEATURES, path=str(arrow_path)) if arrow_path is not None else None
+    parts = []
+    for batch in _batches(rows, path, FORMATS.get(fmt), report, source, language, on_invalid, max_records):
+        if writer is not None:
+            writer.write_batch(batch)
+        else:
+            parts.append(datasets.Dataset.from_dict(batch, features=RECORD_FEATURES))
+    if report.format == "auto" and report.read == 0:
+        raise DataError(f"{path}: the file holds no records")
+    if writer is not None:
+        writer.finalize()
+        return datasets.Dataset.from_file(str(arrow_path), in_memory=False), report
+    if not parts:
+        return datasets.Dataset.from_dict({c: [] for c in COLUMNS}, features=RECORD_FEATURES), report
+    return (parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)), report
+
+
+def _batches(rows, path: Path, chosen, report: LoadReport, source, language, on_invalid, max_records):
+    """Unified records as column batches of ``BATCH`` records; invalid ones counted in ``report`` (or raised)."""
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     for line, obj in rows:
         if max_records is not None and report.kept >= max_records:
@@ -214,27 +246,59 @@ def load_file(
             for c in COLUMNS:
                 cols[c].append(rec[c])
             report.kept += 1
-    if chosen is None and report.read == 0:
-        raise DataError(f"{path}: the file holds no records")
-    return datasets.Dataset.from_dict(cols, features=RECORD_FEATURES), report
+        if len(cols["id"]) >= BATCH:
+            yield cols
+            cols = {c: [] for c in COLUMNS}
+    if cols["id"]:
+        yield cols
 
 
-def load_source(src: SourceParams, on_invalid: str = "error") -> tuple[datasets.Dataset, LoadReport]:
-    return load_file(
-        src.path,
-        source=src.name,
-        fmt=src.format,
-        language=src.language,
-        on_invalid=on_invalid,
-        max_records=src.max_records,
+def source_key(src: SourceParams, on_invalid: str, cache: DataCache) -> str:
+    """The cache key of a source's loaded records: the file's sha256, the loader version, the load parameters."""
+    path = Path(src.path)
+    digest = cache.file_sha256(path) if path.is_file() else "missing"
+    return key(
+        "source", LOADER_VERSION, digest, str(path), src.name, src.format, src.language, src.max_records, on_invalid
     )
 
 
-def load_sources(params) -> tuple[datasets.Dataset, list[LoadReport]]:
-    """All sources of a study, concatenated in params order, with one report per file."""
+def load_source(
+    src: SourceParams, on_invalid: str = "error", cache: DataCache | None = None
+) -> tuple[datasets.Dataset, LoadReport]:
+    """One source's records: from the cache when it holds them, else loaded (and stored when the cache is on)."""
+    kw = {"source": src.name, "fmt": src.format, "language": src.language, "on_invalid": on_invalid}
+    if cache is None or not cache.enabled:
+        return load_file(src.path, **kw, max_records=src.max_records)
+    k = source_key(src, on_invalid, cache)
+    hit = cache.get_records(k)
+    if hit is not None:
+        return hit[0], LoadReport.from_dict(hit[1])
+    tmp = cache.records_path(k)
+    try:
+        _, rep = load_file(src.path, **kw, max_records=src.max_records, arrow_path=tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return cache.commit_records(k, tmp, rep.to_dict()), rep
+
+
+def _load_one(state, i: int) -> dict:
+    sources, on_invalid, cache = state
+    return load_source(sources[i], on_invalid, cache)[1].to_dict()
+
+
+def load_sources(params, cache: DataCache | None = None, num_proc: int | None = 1):
+    """All sources of a study, concatenated in params order, with one report per file. With the cache on, sources
+    it lacks are loaded in ``num_proc`` forked workers when there are several and they are large."""
+    d = params.data
+    if cache is not None and cache.enabled:
+        missing = [i for i, s in enumerate(d.sources) if cache.get_records(source_key(s, d.on_invalid, cache)) is None]
+        big = sum(Path(d.sources[i].path).stat().st_size for i in missing if Path(d.sources[i].path).is_file())
+        if len(missing) > 1 and big >= PARALLEL_BYTES:
+            map_items(_load_one, missing, (d.sources, d.on_invalid, cache), num_proc)
     parts, reports = [], []
-    for src in params.data.sources:
-        ds, rep = load_source(src, params.data.on_invalid)
+    for src in d.sources:
+        ds, rep = load_source(src, d.on_invalid, cache)
         parts.append(ds)
         reports.append(rep)
     return datasets.concatenate_datasets(parts), reports

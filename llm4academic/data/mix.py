@@ -12,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +22,12 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from ..base import KitError, atomic_write
 from ..rundir import RunDir
-from .clean import column
+from .clean import arrow_column, column
+from .parallel import map_shards
 
 
 @dataclass
@@ -78,31 +83,35 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(name.encode("utf-8"))]))
 
 
-def _draw(n: int, k: int, replace: bool, rng: np.random.Generator) -> list[int]:
+def _draw(n: int, k: int, replace: bool, rng: np.random.Generator) -> np.ndarray:
     if k == n and not replace:
-        return list(range(n))
+        return np.arange(n)
     idx = rng.integers(0, n, size=k) if replace else rng.choice(n, size=k, replace=False)
-    return sorted(int(i) for i in idx)
+    return np.sort(idx)
 
 
 def mix(
     pool: datasets.Dataset, sources, total: int | None, seed: int, shuffle: bool = True
 ) -> tuple[datasets.Dataset, list[SourceDraw]]:
     """Draw the training mix from a cleaned pool of records (with a ``source`` column)."""
-    by_source: dict[str, list[int]] = {s.name: [] for s in sources}
-    for i, src in enumerate(column(pool, "source")):
-        by_source[src].append(i)
+    names = arrow_column(pool, "source")
+    by_source = {  # each source's rows, in pool order
+        s.name: np.flatnonzero(pc.equal(names, s.name).to_numpy(zero_copy_only=False)) for s in sources
+    }
+    del names
     want = plan({k: len(v) for k, v in by_source.items()}, sources, total)
-    picked: list[int] = []
+    parts: list[np.ndarray] = []
     draws = []
     for s in sources:
         rows = by_source[s.name]
-        local = _draw(len(rows), want[s.name], s.replace, _rng(seed, s.name))
-        picked.extend(rows[j] for j in local)
+        local = np.asarray(_draw(len(rows), want[s.name], s.replace, _rng(seed, s.name)), dtype=np.int64)
+        parts.append(rows[local])
         mode = "count" if s.count is not None else "weight" if s.weight is not None else "all"
-        draws.append(SourceDraw(s.name, mode, len(rows), len(local), s.weight, s.replace, len(local) - len(set(local))))
+        repeats = len(local) - len(np.unique(local))
+        draws.append(SourceDraw(s.name, mode, len(rows), len(local), s.weight, s.replace, repeats))
+    picked = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if shuffle:
-        picked = [picked[int(i)] for i in _rng(seed, "\x00mix").permutation(len(picked))]
+        picked = picked[_rng(seed, "\x00mix").permutation(len(picked))]
     out = pool.select(picked)
     if any(d.repeated_draws for d in draws):
         new_ids = unique_ids(column(out, "id"))
@@ -120,23 +129,79 @@ def unique_ids(ids: list[str]) -> list[str]:
     return out
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows it (no copy: the files are never modified in place), else a copy."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
 def draws_table(draws: list[SourceDraw]):
     df = pd.DataFrame([asdict(d) for d in draws])
     df["share"] = df["taken"] / max(1, df["taken"].sum())
     return df
 
 
-def save_mix(ds: datasets.Dataset, run_dir: str | Path | RunDir, draws: list[SourceDraw], seed: int) -> dict:
+def _serialize(ds: datasets.Dataset, start: int, stop: int) -> bytes:
+    out = []
+    for a in range(start, stop, 5_000):
+        batch = ds[a : min(a + 5_000, stop)]
+        keys = list(batch)
+        out += [
+            json.dumps(dict(zip(keys, row, strict=True)), ensure_ascii=False, sort_keys=True) + "\n"
+            for row in zip(*batch.values(), strict=True)
+        ]
+    return "".join(out).encode("utf-8")
+
+
+def save_mix(
+    ds: datasets.Dataset,
+    run_dir: str | Path | RunDir,
+    draws: list[SourceDraw],
+    seed: int,
+    *,
+    num_proc: int | None = 1,
+    cache=None,
+    key: str | None = None,
+) -> dict:
     """Write the run directory's mix (one record per line, sorted keys: byte-identical for the same params and seed)
-    and its summary (per-source counts, sha256 of the mix). Returns the summary."""
+    and its summary (per-source counts, sha256 of the mix). Returns the summary. Lines are serialised in
+    ``num_proc`` forked workers for a large mix and written to a temporary file, then renamed; with a ``cache``
+    (``cache.DataCache``) and the mix's ``key``, an identical earlier mix file is linked or copied instead."""
     rd = RunDir(run_dir)
-    lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in ds)
-    body = lines.encode("utf-8")
-    atomic_write(rd.mix, body)
+    rd.mix.parent.mkdir(parents=True, exist_ok=True)
+    kept = cache.file_path(key, ".mix.jsonl") if cache is not None and cache.enabled and key else None
+    hit = cache.get_step(key) if kept is not None and kept.is_file() else None
+    fd, tmp = tempfile.mkstemp(prefix=f".{rd.mix.name}.", suffix=".partial", dir=rd.mix.parent)
+    try:
+        if hit is not None:
+            os.close(fd)
+            os.unlink(tmp)
+            _link_or_copy(kept, Path(tmp))
+            sha = hit[1]
+        else:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f:
+                for body in map_shards(_serialize, len(ds), ds, num_proc):
+                    digest.update(body)
+                    f.write(body)
+            sha = digest.hexdigest()
+            if kept is not None:
+                _link_or_copy(Path(tmp), kept)
+                cache.put_step(key, None, sha)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, rd.mix)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     summary = {
         "records": len(ds),
         "seed": seed,
-        "sha256": hashlib.sha256(body).hexdigest(),
+        "sha256": sha,
         "file": rd.mix.name,
         "sources": [asdict(d) for d in draws],
     }
