@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from .base import KitError
+from .config.align import HH_RLHF_SAMPLE
 
 # ~1.1B parameters: the LLaMA-1B shape (hidden 2048, 16 layers); the dry run's is the kit's tiny size
 FULL = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 16, "intermediate_size": 5504}
@@ -106,7 +107,26 @@ def write_params(
             "contamination": {"enabled": False},
         },
         "models": [{"name": MODEL, "path": str(model_dir), **({"attn_implementation": attn} if attn else {})}],
-        "steps": ["train"],
+        "steps": ["train", "align"],
+        "align": {  # DPO from the SFT checkpoint on shipped hh-rlhf pairs: TRL's trainer, FSDP2 on GPUs
+            "sources": [{"name": "hh_rlhf", "path": HH_RLHF_SAMPLE, "max_records": 400 if gpu else 120}],
+            "start": "sft",
+            "max_length": seq_len,
+            "max_prompt_length": seq_len * 3 // 4,
+            "per_device_batch_size": batch_size,
+            "gradient_accumulation_steps": 1,
+            "learning_rate": lr / 10,
+            "lr_scheduler": "constant",
+            "warmup_ratio": 0,
+            "max_steps": max(3, steps // 2),
+            "mixed_precision": "bf16" if gpu else "no",
+            "fsdp": {"enabled": True},
+            "num_processes": processes,
+            "cpu": not gpu,
+            "main_process_port": free_port(),
+            "save_steps": max(3, steps // 2),
+            "examples": 0,
+        },
         "train": {
             "models": [MODEL],
             "max_length": seq_len,
@@ -153,6 +173,44 @@ def launch_child(params: Path, run_dir: Path, stop_after: int | None = None, tim
     if proc.returncode != 0 or result is None:
         raise KitError(f"training {MODEL} ({run_dir}) failed with exit code {proc.returncode}; its output is above")
     return result
+
+
+def align_child(params: Path, run_dir: Path, timeout: float = 3600) -> dict:
+    """``align.launch`` (DPO from the run's SFT checkpoint) in a fresh Python process; returns its summary."""
+    code = (
+        "import json, sys; from llm4academic import align; a = json.loads(sys.argv[1]); "
+        "r = align.launch(a['params'], a['run_dir'], a['model']); print('RESULT=' + json.dumps(r, default=str))"
+    )
+    args = json.dumps({"params": str(params), "run_dir": str(run_dir), "model": MODEL})
+    proc = subprocess.run(
+        [sys.executable, "-c", code, args], stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=os.getcwd()
+    )
+    result = next((json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT=")), None)
+    print("\n".join(x for x in proc.stdout.splitlines() if not x.startswith("RESULT=")), file=sys.stderr, flush=True)
+    if proc.returncode != 0 or result is None:
+        raise KitError(f"DPO of {MODEL} ({run_dir}) failed with exit code {proc.returncode}; its output is above")
+    return result
+
+
+def align_check(summary: dict, gpu: bool) -> dict:
+    """The align step's part of the verdict: it ran every step under FSDP2 (GPU) or DDP (CPU, where TRL's trainer
+    cannot shard), logged finite DPO losses, and saved a safetensors checkpoint."""
+    ran = summary.get("distributed") or {}
+    wanted = ("FSDP", 2) if gpu else ("MULTI_CPU", None)
+    losses = [summary.get("first_loss"), summary.get("last_loss")]
+    final = Path(summary.get("final") or "")
+    return {
+        "ok": bool(
+            (ran.get("distributed_type"), ran.get("fsdp_version")) == wanted
+            and summary.get("steps") == summary.get("total_steps")
+            and all(x is not None and math.isfinite(x) for x in losses)
+            and (final / "model.safetensors").is_file()
+        ),
+        "distributed": ran,
+        "steps": summary.get("steps"),
+        "losses": losses,
+        "seconds": summary.get("train_runtime_s"),
+    }
 
 
 class GpuMemoryPoller:
@@ -291,7 +349,16 @@ def run_doctor(gpu: bool = False, dry_run: bool = False, work_dir: str | Path | 
         launch_child(params, resumed, stop_after=stop)
         stopped_at = [p.name for p in _checkpoints(resumed)]
         b = launch_child(params, resumed)
-        return _verdict(a, b, stopped_at, straight, resumed, work, gpu, gpus, stop, steps, mem.peak_gb, started)
+        log("DPO (align step) from the straight run's SFT checkpoint")
+        from .rundir import RunDir
+
+        RunDir(straight).write_checkpoint_index([{"model": MODEL, "final": a["final"], "steps": a.get("steps")}])
+        dpo = align_check(align_child(params, straight), gpu)
+        verdict = _verdict(a, b, stopped_at, straight, resumed, work, gpu, gpus, stop, steps, mem.peak_gb, started)
+        verdict["ok"] = verdict["ok"] and dpo["ok"]
+        verdict["dpo_ok"] = dpo["ok"]
+        verdict["details"]["align"] = dpo
+        return verdict
     finally:
         if not keep and work_dir is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -12,6 +12,7 @@ from conftest import ROOT
 from llm4academic.config import load_params
 
 KEYS = {
+    "dpo_ok",
     "fsdp_engaged",
     "loss_falls",
     "resume_exact",
@@ -40,12 +41,14 @@ def test_doctor_dry_run_on_cpu(tmp_path):
     assert verdict == json.loads(out.read_text())
     assert KEYS <= set(verdict)
     assert verdict["ok"] is True and verdict["gpus"] == 0
-    for check in ("fsdp_engaged", "loss_falls", "resume_exact", "reload_equal", "generation_ok"):
+    for check in ("fsdp_engaged", "loss_falls", "resume_exact", "reload_equal", "generation_ok", "dpo_ok"):
         assert verdict[check] is True, (check, verdict["details"])
     d = verdict["details"]
     assert d["dry_run"] and d["processes"] == 2 and d["fsdp"]["parameter_types"] == ["DTensor"]
     assert d["resume"]["stopped_at"] == ["checkpoint-4"] and d["resume"]["steps_logged"]
     assert d["reload"]["complete"] and d["generation"]["answers"] == 8
+    dpo = d["align"]  # DPO from the SFT checkpoint: DDP on CPU (FSDP2 is what --gpu requires)
+    assert dpo["distributed"]["distributed_type"] == "MULTI_CPU" and dpo["steps"] == 4
     study = yaml.safe_load((tmp_path / "w" / "doctor.yaml").read_text())  # what it trained: packing, FSDP2
     assert study["train"]["packing"] and study["train"]["fsdp"] == {"enabled": True, "version": 2}
     load_params(tmp_path / "w" / "doctor.yaml")  # a valid study
