@@ -22,6 +22,12 @@ setup_environment()
 
 SMOKE = ROOT / "params" / "smoke.yaml"
 SAMPLES = ROOT / "llm4academic" / "resources" / "instruct"
+# The shipped instruction samples of the default study: source name → file under SAMPLES.
+SHIPPED = {
+    "alpaca": "alpaca/alpaca_data.first1825.json",
+    "chinese_alpaca": "chinese_alpaca/alpaca_data-0-3252-zh.first2000.json",
+    "belle": "belle/dev1K.json",
+}
 
 
 @pytest.fixture(scope="session")

@@ -2,18 +2,12 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import SAMPLES
+from conftest import SAMPLES, SHIPPED
 
 from llm4academic.config import KitError
 from llm4academic.data import contamination as cont
 from llm4academic.data import formats
 from llm4academic.zbench import load_zbench
-
-SHIPPED = {
-    "alpaca": "alpaca/alpaca_data.first1825.json",
-    "chinese_alpaca": "chinese_alpaca/alpaca_data-0-3252-zh.first2000.json",
-    "belle": "belle/dev1K.json",
-}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import random
 import datasets
 import numpy as np
 import pytest
-from conftest import SAMPLES, SMOKE
+from conftest import SAMPLES, SHIPPED, SMOKE
 
 from benchmarks.p7_scale import reference_near_dedup
 from llm4academic import data
@@ -17,12 +17,6 @@ from llm4academic.data.cache import DataCache
 from llm4academic.data.clean import column, exact_dedup, near_dedup, normalise, record_texts
 from llm4academic.rundir import RunDir
 from llm4academic.zbench import load_zbench
-
-SHIPPED = {
-    "alpaca": "alpaca/alpaca_data.first1825.json",
-    "chinese_alpaca": "chinese_alpaca/alpaca_data-0-3252-zh.first2000.json",
-    "belle": "belle/dev1K.json",
-}
 
 
 @pytest.fixture(scope="module")

@@ -164,19 +164,25 @@ def text_hits(text: str, index: ZBenchIndex) -> dict[Key, list[str]]:
 # --------------------------------------------------------------------------------------------- records
 
 
-def _text_columns(records: pd.DataFrame) -> list[str]:
-    cols = [c for c in RECORD_TEXT if c in records.columns]
-    if "id" not in records.columns or not cols:
+def _checked_columns(names: list[str], ids) -> list[str]:
+    """The record text columns present among ``names``; an error without ids, text, or with repeated ids."""
+    cols = [c for c in RECORD_TEXT if c in names]
+    if "id" not in names or not cols:
         raise ContaminationError(
             "the training records need an `id` column and at least one of "
-            f"{', '.join(RECORD_TEXT)}; they have: {', '.join(map(str, records.columns))}"
+            f"{', '.join(RECORD_TEXT)}; they have: {', '.join(map(str, names))}"
         )
-    dupes = records["id"][records["id"].duplicated()]
+    ids = pd.Series(ids() if callable(ids) else ids, dtype=object)
+    dupes = ids[ids.duplicated()]
     if len(dupes):
         raise ContaminationError(
             f"record ids must be unique to report and drop records; repeated: {', '.join(map(str, dupes.unique()[:5]))}"
         )
     return cols
+
+
+def _text_columns(records: pd.DataFrame) -> list[str]:
+    return _checked_columns(list(records.columns), lambda: records["id"])
 
 
 def _as_text(value) -> str:
@@ -299,19 +305,7 @@ def _scan_shard(state, start: int, stop: int) -> list[dict]:
 
 
 def _check_dataset(records: datasets.Dataset) -> list[str]:
-    cols = [c for c in RECORD_TEXT if c in records.column_names]
-    if "id" not in records.column_names or not cols:
-        raise ContaminationError(
-            "the training records need an `id` column and at least one of "
-            f"{', '.join(RECORD_TEXT)}; they have: {', '.join(records.column_names)}"
-        )
-    ids = pd.Series(records.select_columns(["id"]).to_dict()["id"], dtype=object)
-    dupes = ids[ids.duplicated()]
-    if len(dupes):
-        raise ContaminationError(
-            f"record ids must be unique to report and drop records; repeated: {', '.join(map(str, dupes.unique()[:5]))}"
-        )
-    return cols
+    return _checked_columns(records.column_names, lambda: records.select_columns(["id"]).to_dict()["id"])
 
 
 def find_contamination(
