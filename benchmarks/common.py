@@ -130,6 +130,23 @@ def rnd(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
+def limit(value: float | None, name: str, what: str, *, of: str = "ratio", unit: str = "×") -> dict | None:
+    """A case's limit (what its ``of`` — ``"ratio"`` or ``"value"`` — could reach at best, e.g. the token-efficiency
+    bound), returned by ``run`` as ``"limit"``. The harness adds ``share`` (measured / limit) to the entry, the
+    metric ``share_of_limit`` (a goal may target it) and the table's "vs limit" cell. ``unit``: "×" or "%"."""
+    if value is None:
+        return None
+    return {"value": float(value), "name": name, "what": what, "of": of, "unit": unit}
+
+
+def fmt_limit(lim: dict | None) -> str:
+    """The table's "vs limit" cell: ``97% of 1.58× (token-efficiency bound)``."""
+    if not lim or lim.get("share") is None:
+        return ""
+    amount = fmt_pct(lim["value"]) if lim.get("unit") == "%" else fmt_x(lim["value"])
+    return f"{fmt_pct(lim['share'], 0)} of {amount} ({lim['name']})"
+
+
 # --------------------------------------------------------------------------------------------- shared set-up
 
 

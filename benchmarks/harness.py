@@ -6,7 +6,7 @@ median of the per-repeat ratios together with the raw numbers. stanford_alpaca's
 tokenisation run twice (full text, then the prompt alone), random batches padded to their longest member, generation
 one prompt at a time.
 
-One module per case (``p1_preprocess`` … ``p6_study``), each with its ``CASE`` (id, name, title and goals), its
+One module per case (``p1_preprocess`` … ``p7_scale``), each with its ``CASE`` (id, name, title and goals), its
 ``run(ctx, sizes) -> dict`` and its table ``row(entry)``; benchmarks/README.md describes the cases. ``run(quick,
 cases, progress)`` here returns one JSON-ready dict (schema ``llm4academic.bench/1``: provenance + one entry per
 case); ``format_table`` renders it as a Markdown table. The command is ``llm4academic bench [--quick] [--json]
@@ -30,12 +30,13 @@ from transformers.utils import logging as hf_logging
 
 from llm4academic.base import KitError, git_info, setup_environment
 
-from . import p1_preprocess, p2_packing, p3_training, p4_generation, p5_gpu, p6_study
-from .common import FULL, QUICK, Case, Context, Skip, rnd, verdict
+from . import p1_preprocess, p2_packing, p3_training, p4_generation, p5_gpu, p6_study, p7_scale
+from .common import FULL, QUICK, Case, Context, Skip, fmt_limit, rnd, verdict
 from .machine import cpu_model, load_average, memory_gb, usable_cpus
 
 SCHEMA = "llm4academic.bench/1"
-MODULES = {m.CASE.id: m for m in (p1_preprocess, p2_packing, p3_training, p4_generation, p5_gpu, p6_study)}
+QUICK_NOTE = "quick run: smaller sizes, fewer steps and no profiles; its ratios are not comparable with a full run's"
+MODULES = {m.CASE.id: m for m in (p1_preprocess, p2_packing, p3_training, p4_generation, p5_gpu, p6_study, p7_scale)}
 CASES: dict[str, Case] = {cid: m.CASE for cid, m in MODULES.items()}
 
 
@@ -64,6 +65,8 @@ def provenance(quick: bool) -> dict:
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "quick": quick,
+        "comparable_with_full_run": not quick,
+        "note": QUICK_NOTE if quick else None,
         "git": git_info(),
         "versions": versions,
         "machine": {
@@ -84,8 +87,19 @@ def provenance(quick: bool) -> dict:
 # --------------------------------------------------------------------------------------------- run
 
 
+def _limit(body: dict) -> tuple[dict | None, float | None]:
+    """The case's limit (``common.limit``) with the share of it that was measured."""
+    lim = body.get("limit")
+    if not lim:
+        return None, None
+    measured = body.get(lim.get("of", "ratio"))
+    share = measured / lim["value"] if measured is not None and lim["value"] else None
+    return {**lim, "value": rnd(lim["value"]), "share": rnd(share)}, share
+
+
 def _finish(case: Case, body: dict, status: str, reason: str | None, seconds: float) -> dict:
-    metrics = body.get("metrics", {})
+    lim, share = _limit(body)
+    metrics = body.get("metrics", {}) | ({"share_of_limit": share} if share is not None else {})
     checks = body.get("checks", {})
     goals = [
         {**g.to_dict(), "measured": rnd(metrics.get(g.metric), 4), "met": g.met(metrics.get(g.metric))}
@@ -106,6 +120,7 @@ def _finish(case: Case, body: dict, status: str, reason: str | None, seconds: fl
         "goals": goals,
         "ratio": rnd(body.get("ratio")),
         "value": rnd(body.get("value")),
+        "limit": lim,
         "metrics": {k: rnd(v) for k, v in metrics.items()},
         "checks": checks,
         "passed": passed,
@@ -167,11 +182,13 @@ def run(quick: bool = False, cases: list[str] | str | None = None, progress: Cal
 
 
 def _row(c: dict) -> list[str]:
-    """case · what · kit · baseline · result · goal · check · met: the case's own row, else a generic one."""
+    """case · what · kit · baseline · result · vs limit · goal · check · met: the case's own row (all but "vs limit",
+    which comes from the entry's ``limit``), else a generic one."""
     if c["status"] == "error":
-        return [c["id"], c["title"], "error", "", c["reason"][:80], c["goal"], "", "error"]
+        return [c["id"], c["title"], "error", "", c["reason"][:80], "", c["goal"], "", "error"]
     own = MODULES[c["id"]].row(c) if c["id"] in MODULES else None
-    return own or [c["id"], c["title"], c["status"], "", (c["reason"] or "")[:120], c["goal"], "", verdict(c)]
+    own = own or [c["id"], c["title"], c["status"], "", (c["reason"] or "")[:120], c["goal"], "", verdict(c)]
+    return [*own[:5], fmt_limit(c.get("limit")), *own[5:]]
 
 
 def format_table(result: dict) -> str:
@@ -180,13 +197,13 @@ def format_table(result: dict) -> str:
     sha = (git.get("sha") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
     gpu = mach.get("gpu") or "no GPU"
     head = (
-        f"llm4academic bench ({'quick' if result['quick'] else 'full'} run) · {result['date']} · git {sha} · "
+        f"llm4academic bench ({QUICK_NOTE if result['quick'] else 'full run'}) · {result['date']} · git {sha} · "
         f"{mach.get('cpus_usable')} of {mach.get('cpu_count')} CPUs ({mach.get('cpu') or mach.get('machine')}), "
         f"{gpu}, torch threads {mach.get('torch_threads')} · load average {mach.get('load_average_start')} → "
         f"{mach.get('load_average_end')} · torch {ver.get('torch')}, transformers {ver.get('transformers')}, "
         f"tokenizers {ver.get('tokenizers')}, datasets {ver.get('datasets')} · {result.get('seconds')} s"
     )
-    cols = ["case", "what is measured", "kit", "baseline", "result", "goal", "check", "goal met"]
+    cols = ["case", "what is measured", "kit", "baseline", "result", "vs limit", "goal", "check", "goal met"]
     lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in result["cases"].values():
         lines.append("| " + " | ".join(str(x).replace("|", "\\|").replace("\n", " ") for x in _row(c)) + " |")
@@ -194,6 +211,7 @@ def format_table(result: dict) -> str:
     lines += [
         "",
         f"Ratios are medians of per-repeat ratios (kit and baseline interleaved in one process; repeats: "
-        f"{', '.join(map(str, reps)) or '–'}); raw numbers in --json.",
+        f"{', '.join(map(str, reps)) or '–'}); raw numbers in --json. "
+        "vs limit: the measured result as a share of the best the case could reach (its bound).",
     ]
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import statistics
 
 from llm4academic.packing import length_grouped_batches, random_batches, token_efficiency
 
-from .common import SEED, Case, Context, Goal, Sizes, fmt_pct, fmt_x, matched_batch_size, median, rnd, verdict
+from .common import SEED, Case, Context, Goal, Sizes, fmt_pct, fmt_x, limit, matched_batch_size, median, rnd, verdict
 
 CASE = Case(
     "P2",
@@ -41,9 +41,14 @@ def run(ctx: Context, sz: Sizes) -> dict:
     eff_packed = pack.efficiency
     eff_padded = median(at_budget)
     truncated = m["untruncated_tokens"] - m["tokenize"].tokens
+    fewest_rows = -(-pack.tokens // m["max_length"])  # no packing can use fewer rows than this
+    perfect = pack.tokens / (fewest_rows * m["max_length"]) if pack.tokens else None
     return {
         "ratio": eff_packed / eff_padded if eff_padded else None,
         "value": eff_packed,
+        "limit": limit(
+            perfect, "every row full", "packed tokens / (⌈tokens / max_length⌉ rows × max_length)", of="value", unit="%"
+        ),
         "metrics": {"packed_efficiency": eff_packed, "padded_efficiency": eff_padded},
         "checks": {"same_tokens": pack.tokens + pack.dropped_tokens == sum(lengths)},
         "repeats": len(seeds),
@@ -63,6 +68,8 @@ def run(ctx: Context, sz: Sizes) -> dict:
                 "processed_tokens": pack.processed_tokens,
                 "efficiency": rnd(eff_packed),
                 "efficiency_as_collated": rnd(median(collated)),
+                "fewest_rows_possible": fewest_rows,
+                "efficiency_every_row_full": rnd(perfect),
                 "dropped_examples": pack.dropped_examples,
                 "dropped_tokens": pack.dropped_tokens,
             },

@@ -9,6 +9,13 @@ attention *adds* the mask to the scores, so a bool mask is silently wrong there;
 batch instead (``flatten_for_flash``: one row, restarting ``position_ids`` and ``cu_seq_lens``). BLOOM cannot take a
 packed batch: it builds its ALiBi bias from a 2D mask (see ``packing_problem``); pad it instead (``PaddedCollator``).
 
+A dense block-diagonal mask makes SDPA compute every row's full length² scores, the masked cross-example blocks
+included. ``PACKED_SDPA`` (registered with transformers' ``AttentionInterface``) computes each example's own causal
+block only: it takes the flattened layout of ``flatten_for_flash`` and runs SDPA once per example (``is_causal``);
+anything else (generation, padded batches, a cache) goes to transformers' SDPA unchanged. ``packed_collator`` is what
+the trainer uses: on CPU it switches an SDPA model to ``PACKED_SDPA`` and flattens the batches; flash attention keeps
+its varlen path; other implementations get the 4D mask.
+
 Batches: ``random_batches`` (stanford's seeded shuffle) or ``length_grouped_batches``; ``token_efficiency`` says how
 many of the processed tokens are real ones.
 """
@@ -19,6 +26,7 @@ import bisect
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import pairwise
 
 import datasets
 import torch
@@ -26,6 +34,8 @@ import torch
 from .sft import IGNORE_INDEX
 
 FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+PACKED_SDPA = "sdpa_packed"  # the kit's attention for packed rows (``packed_sdpa_attention``)
+VARLEN = (*FLASH_ATTENTION, PACKED_SDPA)  # implementations that take the flattened layout (``flatten_for_flash``)
 
 
 # --------------------------------------------------------------------------------------------- packing
@@ -181,7 +191,7 @@ def flatten_for_flash(features: Sequence[dict]) -> dict:
 class PackedCollator:
     """Batches of packed rows. SDPA/eager: ``input_ids, labels, position_ids`` padded to the longest row and a 4D
     additive block-diagonal causal ``attention_mask`` in ``dtype`` (the model's compute dtype, e.g. bfloat16).
-    ``flash_attention_2``/``_3``: ``flatten_for_flash``."""
+    ``flash_attention_2``/``_3`` and ``PACKED_SDPA``: ``flatten_for_flash``."""
 
     def __init__(
         self,
@@ -197,7 +207,7 @@ class PackedCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: Sequence[dict]) -> dict:
-        if self.attn_implementation in FLASH_ATTENTION:
+        if self.attn_implementation in VARLEN:
             return flatten_for_flash(features)
         length = _round_up(max(len(f["input_ids"]) for f in features), self.pad_to_multiple_of)
         return {
@@ -206,6 +216,63 @@ class PackedCollator:
             "position_ids": _pad([f["position_ids"] for f in features], 0, length),
             "attention_mask": block_causal_mask([f["seq_lens"] for f in features], length, self.dtype),
         }
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers attention function ``PACKED_SDPA``. Given ``cu_seq_lens_q`` (one flattened row of examples back
+    to back, ``flatten_for_flash``), SDPA runs on each example's own slice, causal (within a sliding window where
+    the model has one): Σ n² / 2 score positions instead of the row's length². Without ``cu_seq_lens_q``
+    (generation, padded batches) it is transformers' SDPA unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    bounds = cu.tolist()
+    spans = list(pairwise(bounds))
+    n = query.shape[2]
+    if query.shape[0] != 1 or bounds[-1] != n or key.shape[2] != n or kwargs.get("position_bias") is not None:
+        raise ValueError(
+            f"{PACKED_SDPA}: cu_seq_lens_q must describe one flattened row of examples (no cache, no position bias); "
+            f"got query {tuple(query.shape)}, key {tuple(key.shape)}, cu_seq_lens_q {bounds[:3]}…{bounds[-1:]}"
+        )
+    window = kwargs.get("sliding_window")
+    rest = {k: v for k, v in kwargs.items() if not k.startswith(("cu_seq_lens", "max_length"))}
+    out = []
+    for s, e in spans:
+        mask = None
+        if window and e - s > window:  # causal within the window (transformers: kv_idx > q_idx - window)
+            full = torch.ones(e - s, e - s, dtype=torch.bool, device=query.device)
+            mask = full.tril() & ~full.tril(-window)
+        q, k, v = query[:, :, s:e], key[:, :, s:e], value[:, :, s:e]
+        out.append(sdpa_attention_forward(module, q, k, v, mask, dropout, scaling, **rest)[0])
+    return torch.cat(out, dim=1), None
+
+
+def register_packed_sdpa() -> str:
+    """Register ``PACKED_SDPA`` with transformers (attention function; SDPA's mask builder). Idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    return PACKED_SDPA
+
+
+def packed_collator(model, pad_token_id: int, *, dtype: torch.dtype, on_cpu: bool) -> PackedCollator:
+    """The trainer's collator for packed rows, matched to ``model``'s attention: flash attention → flattened
+    (varlen); SDPA on CPU → the model switched to ``PACKED_SDPA`` and flattened batches; anything else (SDPA on
+    GPU, eager) → the 4D block-diagonal mask. A model that cannot switch its attention keeps the mask."""
+    config = getattr(model, "config", None)
+    impl = getattr(config, "_attn_implementation", None) or "sdpa"
+    if on_cpu and impl == "sdpa":
+        register_packed_sdpa()
+        try:
+            model.set_attn_implementation(PACKED_SDPA)
+        except (AttributeError, ValueError):
+            pass
+        impl = getattr(config, "_attn_implementation", None) or impl
+    return PackedCollator(pad_token_id, attn_implementation=impl, dtype=dtype)
 
 
 class PaddedCollator:

@@ -143,10 +143,8 @@ def worker(job: dict) -> None:
         model = _apply_lora(model, tp.lora, card)
     ds = sft_dataset(rd.dataset(mp.name))
     dtype = next(model.parameters()).dtype
-    collator = _Counting(
-        packing.PackedCollator(
-            tokenizer.pad_token_id, attn_implementation=mp.attn_implementation or "sdpa", dtype=dtype
-        )
+    collator = _Counting(  # packed rows on CPU: per-example attention (the model switches to packing.PACKED_SDPA)
+        packing.packed_collator(model, tokenizer.pad_token_id, dtype=dtype, on_cpu=on_cpu)
         if "seq_lens" in ds.column_names
         else packing.PaddedCollator(tokenizer)
     )

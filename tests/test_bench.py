@@ -23,6 +23,7 @@ CASE_KEYS = {
     "goals",
     "ratio",
     "value",
+    "limit",
     "metrics",
     "checks",
     "passed",
@@ -47,6 +48,7 @@ def quick():
 @pytest.mark.slow
 def test_quick_json_schema(quick):
     assert quick["schema"] == bench.SCHEMA and quick["quick"] is True
+    assert quick["comparable_with_full_run"] is False and "not comparable" in quick["note"]  # --quick says so
     assert {"sha", "dirty"} <= set(quick["git"])
     assert {"torch", "transformers", "tokenizers", "datasets"} <= set(quick["versions"])
     assert quick["machine"]["cpu_count"] >= 1 and quick["machine"]["platform"] and quick["date"]
@@ -78,11 +80,23 @@ def test_quick_run_checks_correctness_alongside_speed(quick):
     assert {"baseline", "kit", "bare"} == set(c["P1"]["raw"]["median_seconds"])
     assert c["P2"]["raw"]["packed"]["dropped_tokens"] == 0 and "truncated_tokens" in c["P2"]["raw"]
     assert c["P3"]["checks"]["loss_agrees"] is True
+    assert c["P3"]["raw"]["loss_check"]["relative_difference"] <= 1e-4
+    for cid in ("P2", "P3"):  # measured against their limit: the share is in the entry and in the metrics
+        lim = c[cid]["limit"]
+        assert lim["name"] and lim["value"] > 0 and lim["share"] == pytest.approx(c[cid]["metrics"]["share_of_limit"])
+        assert lim["share"] == pytest.approx(c[cid][lim["of"]] / lim["value"], rel=1e-3)
+    assert "share_of_limit" in {g["metric"] for g in c["P3"]["goals"]}
     assert c["P3"]["raw"]["packed"]["peak_rss_mb"] > 0
     assert c["P4"]["checks"]["outputs_identical"] is True
     p5 = c["P5"]
     if p5["status"] == "skipped":  # no GPU: the dry run of benchmarks/gpu.py ran instead
         assert p5["checks"]["dry_run_ok"] is True and p5["raw"]["dry_run"]["dry_run"] is True
+    p7 = c["P7"]  # the data step at scale: a 1/20 corpus in --quick, said to be not comparable
+    assert p7["status"] == "ok" and p7["raw"]["quick"] is True and p7["raw"]["comparable"] is False
+    assert p7["checks"]["exact_and_contamination_found"] is True and p7["checks"]["cached_run_identical"] is True
+    assert p7["checks"]["near_recall_as_reference"] is True and p7["raw"]["first"]["unplanted_removed"] == 0
+    assert p7["raw"]["corpus"]["records"] >= 50_000 and p7["metrics"]["cached_run_s"] < p7["metrics"]["first_run_s"]
+    assert set(p7["raw"]["first"]["seconds"]) >= {"load", "exact_dedup", "near_dedup", "contamination", "mix"}
     assert c["P6"]["status"] in ("ok", "skipped")  # --quick never runs the study
     if c["P6"]["status"] == "ok":
         assert c["P6"]["raw"]["source"] == "manifest" and c["P6"]["raw"]["timestamp"]
@@ -91,7 +105,8 @@ def test_quick_run_checks_correctness_alongside_speed(quick):
 @pytest.mark.slow
 def test_table_has_a_row_per_case(quick):
     table = bench.format_table(quick)
-    assert "quick run" in table
+    assert "quick run" in table and "not comparable with a full run" in table.splitlines()[0]
+    assert "| vs limit |" in table and "(token-efficiency bound)" in table
     for cid in bench.CASES:
         assert f"| {cid} |" in table
 
