@@ -1,5 +1,9 @@
-"""P4: Z-Bench generation (prompts spread over the 311, tiny LLaMA, greedy, 32 new tokens): ``TransformersRunner``
-batches, length-sorted, left-padded, against one prompt at a time; the outputs must be identical."""
+"""P4: Z-Bench generation (prompts spread over the 311, tiny LLaMA, greedy, 32 new tokens): the kit's batches
+(``generate.length_batches``: near-equal lengths, variable sizes within the cache of ``batch_size`` rows of the
+longest prompt) through ``TransformersRunner`` (its own loop: length-bucketed prefill, preallocated cache), against
+one prompt at a time through plain ``model.generate`` (stanford_alpaca's way); the outputs must be identical. Also
+timed in the same repeats: the kit's path before (``generate`` on fixed batches of 16, left-padded) and the batched
+run's prompt pass alone (the limit: the batched run if decoding cost nothing beyond reading the prompts)."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from llm4academic.runners import TransformersRunner
 from llm4academic.sft import framing
 from llm4academic.zbench import load_zbench
 
-from .common import Case, Context, Goal, Sizes, fmt_n, fmt_x, median, rnd, verdict, yes
+from .common import Case, Context, Goal, Sizes, fmt_n, fmt_x, limit, median, rnd, verdict, yes
 
 CASE = Case(
     "P4",
@@ -24,14 +28,23 @@ CASE = Case(
 )
 
 
+def one_at_a_time(runner, ids: list[int]) -> tuple[list[int], str]:
+    """The baseline: plain ``model.generate`` on one unpadded prompt (the runner's generation settings)."""
+    out = runner.model.generate(input_ids=torch.tensor([ids], device=runner.device), generation_config=runner.config)
+    new = out[0, len(ids) :].tolist()
+    return (new[: new.index(runner.eos) + 1], "eos") if runner.eos in new else (new, "length")
+
+
 def generation_profile(runner, batch: list[list[int]]) -> dict:
-    """One batched generate call and the same prompts one at a time, under torch.profiler: where CPU time goes
-    (KV-cache concatenation, mask building, attention, matmuls) and how many ops each launches."""
+    """One batch through the runner and the same prompts one at a time through ``generate``, under torch.profiler:
+    where CPU time goes (KV-cache concatenation, mask building, attention, matmuls) and how many ops each launches."""
     out = {}
-    for name, calls in (("batched", [batch]), ("one_at_a_time", [[x] for x in batch])):
+    for name, fn in (
+        ("batched", lambda: runner.run(batch, [0] * len(batch))),
+        ("one_at_a_time", lambda: [one_at_a_time(runner, x) for x in batch]),
+    ):
         with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-            for c in calls:
-                runner.run(c, [0] * len(c))
+            fn()
         events = prof.key_averages()
         total = sum(e.self_cpu_time_total for e in events) or 1
 
@@ -58,84 +71,121 @@ def run(ctx: Context, sz: Sizes) -> dict:
     mp, tok = ctx.model_params(), ctx.tokenizer
     gen = GenParams(max_new_tokens=32)  # the kit's default batch size (16); the default study's 32 new tokens
     runner = TransformersRunner(mp, tok, False, gen, device="cpu")
+    prompt_pass = TransformersRunner(mp, tok, False, GenParams(max_new_tokens=1), device="cpu")
     template = model_card(mp).template
     zb = load_zbench()
     n = min(sz.p4_prompts, len(zb))
     picks = sorted({round(i * (len(zb) - 1) / max(n - 1, 1)) for i in range(n)})  # spread over all three splits
-    limit = runner.context - gen.max_new_tokens if runner.context else None
+    limit_ids = runner.context - gen.max_new_tokens if runner.context else None
     head = len(framing(tok).prefix)
     encoded = [
-        fit_prompt(prompt_ids(zbench_record(zb["prompt"].iloc[i]), tok, template, False), limit, head) for i in picks
+        fit_prompt(prompt_ids(zbench_record(zb["prompt"].iloc[i]), tok, template, False), limit_ids, head)
+        for i in picks
     ]
     ids = [e for e, _ in encoded]
-    batches = length_batches([len(x) for x in ids], gen.batch_size)
-    runner.run([ids[0]], [0])  # warm-up
+    lengths = [len(x) for x in ids]
+    batches = length_batches(lengths, gen.batch_size, gen.max_new_tokens)  # what generate_answers uses
+    fixed = [sorted(range(len(ids)), key=lambda i: (-lengths[i], i))[k : k + 16] for k in range(0, len(ids), 16)]
+    with torch.inference_mode():
+        runner.run([ids[0]], [0])  # warm-up
+        one_at_a_time(runner, ids[0])
 
     per_batch: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
 
-    def batched():
+    def batched(run_batch=runner.run, groups=batches, key="batched"):
         out = [None] * len(ids)
-        per_batch["batched"].clear()
-        for bt in batches:
+        if key:
+            per_batch[key].clear()
+        for bt in groups:
             t0 = time.perf_counter()
-            for j, o in zip(bt, runner.run([ids[j] for j in bt], [0] * len(bt)), strict=True):
+            for j, o in zip(bt, run_batch([ids[j] for j in bt], [0] * len(bt)), strict=True):
                 out[j] = o
-            per_batch["batched"].append(time.perf_counter() - t0)
+            if key:
+                per_batch[key].append(time.perf_counter() - t0)
         return out
 
-    def one_at_a_time():  # the same prompts in the same groups, so each group's time can be compared
+    def single():  # the same prompts in the same groups, so each group's time can be compared
         out = [None] * len(ids)
         per_batch["one_at_a_time"].clear()
         for bt in batches:
             t0 = time.perf_counter()
             for j in bt:
-                out[j] = runner.run([ids[j]], [0])[0]
+                out[j] = one_at_a_time(runner, ids[j])
             per_batch["one_at_a_time"].append(time.perf_counter() - t0)
         return out
 
-    times: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
-    results: dict[str, list] = {"batched": [], "one_at_a_time": []}
+    plan = {
+        "batched": batched,
+        "one_at_a_time": single,
+        "before": lambda: batched(runner.run_generate, fixed, None),  # the kit's path before: generate, 16 a batch
+        "prompt_pass": lambda: batched(prompt_pass.run, batches, None),  # the limit: the prompts alone
+    }
+    times: dict[str, list[float]] = {k: [] for k in plan}
+    cpu: dict[str, list[float]] = {k: [] for k in plan}
+    results: dict[str, list] = {k: [] for k in plan}
     for r in range(sz.p4_repeats):
-        for name, fn in (("batched", batched), ("one_at_a_time", one_at_a_time)):
+        for name, fn in plan.items():
             ctx.progress(f"  P4 repeat {r + 1}/{sz.p4_repeats}: {name}, {len(ids)} prompts …")
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             with torch.inference_mode():
                 out = fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             results[name].append(out)
     profiled = generation_profile(runner, [ids[j] for j in batches[0]]) if sz.profile else None
     reference = results["one_at_a_time"][0]
-    identical = all(o == reference for runs in results.values() for o in runs)
+    identical = all(o == reference for k in ("batched", "one_at_a_time", "before") for o in results[k])
     new_tokens = sum(len(x) for x, _ in reference)
-    speedups = [s / b for s, b in zip(times["one_at_a_time"], times["batched"], strict=True)]
+
+    def ratios(over: str, under: str, clock=times) -> list[float]:
+        return [a / b for a, b in zip(clock[over], clock[under], strict=True)]
+
+    speedups = ratios("one_at_a_time", "batched")
+    bound = median(ratios("one_at_a_time", "prompt_pass"))
     med = {k: median(v) for k, v in times.items()}
     return {
         "ratio": median(speedups),
+        "limit": limit(
+            bound,
+            "prompt-pass bound",
+            "one at a time / the batched run's prompt pass alone (max_new_tokens=1): the speedup if decoding cost "
+            "nothing beyond reading the prompts",
+        ),
         "metrics": {"speedup_vs_one_at_a_time": median(speedups)},
         "checks": {"outputs_identical": identical},
         "repeats": sz.p4_repeats,
         "raw": {
             "model": "tiny:llama",
             "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
             "decoding": "greedy",
             "max_new_tokens": gen.max_new_tokens,
             "batch_size": gen.batch_size,
+            "batching": "generate.length_batches: near-equal lengths, at most batch_size rows of the longest prompt's "
+            "cache, prefill bucketed by runners.prefill_groups",
+            "direct_decoding": runner.direct,
             "batches": len(batches),
+            "batch_rows": [len(b) for b in batches],
             "prompts": len(ids),
             "prompt_rows": "evenly spaced over Z-Bench's 311 prompts",
-            "prompt_tokens": sum(map(len, ids)),
+            "prompt_tokens": sum(lengths),
             "prompts_truncated": sum(t for _, t in encoded),
             "new_tokens": new_tokens,
             "finished_at_eos": sum(f == "eos" for _, f in reference),
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+            "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
             "prompts_per_s": {k: rnd(len(ids) / v, 2) for k, v in med.items()},
-            "new_tokens_per_s": {k: rnd(new_tokens / v, 1) for k, v in med.items()},
+            "ms_per_new_token": {k: rnd(1000 * v / new_tokens, 3) for k, v in med.items() if k != "prompt_pass"},
             "speedup_per_repeat": [rnd(x, 3) for x in speedups],
+            "speedup_range": [rnd(min(speedups), 3), rnd(max(speedups), 3)],
+            "speedup_cpu_per_repeat": [rnd(x, 3) for x in ratios("one_at_a_time", "batched", cpu)],
+            "speedup_before_per_repeat": [rnd(x, 3) for x in ratios("one_at_a_time", "before")],
+            "prompt_pass_share_of_batched": rnd(median(ratios("prompt_pass", "batched")), 3),
             # last repeat, batch by batch (longest prompts first): where batching gains less
             "per_batch": [
                 {
-                    "prompt_tokens_max": max(len(ids[j]) for j in bt),
-                    "prompt_tokens_min": min(len(ids[j]) for j in bt),
+                    "prompt_tokens_max": max(lengths[j] for j in bt),
+                    "prompt_tokens_min": min(lengths[j] for j in bt),
                     "prompts": len(bt),
                     "batched_s": rnd(b, 3),
                     "one_at_a_time_s": rnd(s, 3),
@@ -152,20 +202,23 @@ def row(c: dict) -> list[str] | None:
     if c["status"] != "ok":
         return None
     raw = c["raw"]
-    pps, pb = raw["prompts_per_s"], raw["per_batch"]
+    pps, pb, rows = raw["prompts_per_s"], raw["per_batch"], raw["batch_rows"]
+    lo, hi = raw["speedup_range"]
     by_batch = (
-        f" (by batch: {fmt_x(pb[0]['speedup'], 1)} for the longest prompts, "
-        f"{fmt_x(pb[-1]['speedup'], 1)} for the shortest)"
+        f"; by batch: {fmt_x(pb[0]['speedup'], 1)} for the longest prompts, {fmt_x(pb[-1]['speedup'], 1)} for the "
+        "shortest"
         if len(pb) > 1
         else ""
     )
+    before = median(raw["speedup_before_per_repeat"])
     return [
         c["id"],
         f"generation, {raw['prompts']} Z-Bench prompts, tiny LLaMA, greedy, "
         f"{raw['max_new_tokens']} new tokens: prompts/s",
-        f"{fmt_n(pps['batched'], 1)} batched ({raw['batch_size']})",
+        f"{fmt_n(pps['batched'], 1)} batched ({len(rows)} batches of {min(rows)}–{max(rows)}, "
+        f"batch_size {raw['batch_size']})",
         f"{fmt_n(pps['one_at_a_time'], 1)} one at a time",
-        fmt_x(c["ratio"]) + by_batch,
+        f"{fmt_x(c['ratio'])} (repeats {fmt_x(lo)}–{fmt_x(hi)}{by_batch}; kit before: {fmt_x(before)})",
         CASE.goal_cell,
         f"outputs identical: {yes(c['checks']['outputs_identical'])}",
         verdict(c),

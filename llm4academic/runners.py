@@ -1,4 +1,5 @@
-"""The generation backends: batched HF generate with per-prompt seeded sampling, and vLLM.
+"""The generation backends: HF generate or the runner's own length-bucketed decoding loop, with per-prompt seeded
+sampling, and vLLM.
 
 A runner holds one loaded model and answers one batch at a time: ``run(list of prompt ids, seeds)`` →
 ``[(new ids, finish)]``, where ``finish`` is ``"eos"`` (the tokenizer's EOS id ends the new ids) or ``"length"``
@@ -6,11 +7,20 @@ A runner holds one loaded model and answers one batch at a time: ``run(list of p
 ``versions``) and how many tokens the model reads (``context``). ``generate.py`` builds the prompt ids, batches them
 and caches the answers; ``RUNNERS`` maps ``evaluate.backend`` to a runner class.
 
-``TransformersRunner``: decoder-only prompts padded on the **left** (generate derives position ids from the attention
-mask, so a padded row decodes as it would alone), encoder inputs on the right. Greedy by default; with ``do_sample``
-each row draws from its own generator seeded per prompt after temperature and top-p (``_seeded_sampler``), so a
-sample does not depend on the batch it falls in. The model's own ``generation_config.json`` is replaced: every model
-decodes with the same recorded settings (``GenParams``).
+``TransformersRunner``, decoder-only models whose forward takes ``cache``, ``position_ids`` and ``logits_to_keep`` and
+whose cache is plain ``DynamicLayer`` layers (LLaMA, OPT, Qwen, Mistral…): the runner's own decoding loop
+(``_Decoder``). The batch's prompts are **bucketed by length** for the prefill (``prefill_groups``: runs of
+near-equal length, each padded on the right to its own longest prompt, without an attention mask — causal attention
+never lets a real token see the padding after it — and each row's first new token read at its own last position),
+their keys/values written into one preallocated buffer (``_BufferLayer``: the new position is written in place, no
+copy of the whole cache at every step as ``DynamicLayer``'s concatenation does), then the whole batch decodes
+together with explicit position ids and a mask that hides each row's padding. Other models (T5, BLOOM's ALiBi,
+sliding-window caches): transformers' ``generate`` with the prompts padded on the **left** (position ids derived from
+the attention mask), encoder inputs on the right. Either way a padded row decodes as it would alone
+(``tests/test_generate.py`` checks batched == one at a time). Greedy by default; with ``do_sample`` each row draws from
+its own generator seeded per prompt after temperature and top-p (``_seeded_sampler``), so a sample does not depend on
+the batch it falls in. The model's own ``generation_config.json`` is replaced: every model decodes with the same
+recorded settings (``GenParams``).
 
 ``VllmRunner``: the same prompt ids through vLLM (decoder-only, GPU machines). vllm is imported only when this
 backend is asked for (``_import_vllm``), with a ``KitError`` that says what to do where it is not installed.
@@ -18,13 +28,15 @@ backend is asked for (``_import_vllm``), with a ``KitError`` that says what to d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from .base import KitError
@@ -32,6 +44,9 @@ from .config import ModelParams
 from .models import load_model, resolve_model_path
 
 _SANE_CONTEXT = 1_000_000  # tokenizers without a limit say model_max_length = 1e30
+PREFILL_CALL_TOKENS = 128
+"""What one more prefill forward call costs, in padded prompt tokens (``prefill_groups``): measured ≈ 110 for the tiny
+LLaMA on one CPU core; larger for a big model on a GPU, where a call is dearer than a token."""
 
 
 @dataclass(frozen=True)
@@ -139,9 +154,22 @@ class TransformersRunner:
         self.dtype = str(self.model.dtype).removeprefix("torch.")
         self.context = _context_limit(self.model, tokenizer, seq2seq)
         self.versions = _versions("torch", "transformers")
+        # _Decoder serves it on CPU, where it was measured (P4) and checked against generate; on accelerators
+        # transformers' generate (its well-kept path) runs the same length-bucketed batches
+        self.direct = not seq2seq and torch.device(self.device).type == "cpu" and _direct_decoding(self.model)
 
     def run(self, batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
+        """One batch's ``(new ids, finish)``, in the batch's order: the runner's own loop where it serves the model."""
+        if self.direct and min(map(len, batch)) > 0:
+            return _Decoder(self, seeds).run(batch)
+        return self.run_generate(batch, seeds)
 
+    def sampler(self, seeds: list[int]) -> LogitsProcessorList:
+        return LogitsProcessorList([_seeded_sampler(seeds, self.gen, self.device)] if self.gen.do_sample else [])
+
+    def run_generate(self, batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
+        """The batch through transformers' ``generate``, left-padded (the path of models ``_Decoder`` does not
+        serve)."""
         width = max(map(len, batch))
         pad = [[self.pad] * (width - len(ids)) for ids in batch]
         mask = [[0] * len(p) + [1] * len(ids) for p, ids in zip(pad, batch, strict=True)]
@@ -151,7 +179,7 @@ class TransformersRunner:
             rows = [p + ids for p, ids in zip(pad, batch, strict=True)]
         input_ids = torch.tensor(rows, device=self.device)
         attention_mask = torch.tensor(mask, device=self.device)
-        processors = LogitsProcessorList([_seeded_sampler(seeds, self.gen, self.device)] if self.gen.do_sample else [])
+        processors = self.sampler(seeds)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,
@@ -161,6 +189,144 @@ class TransformersRunner:
             )
         start = 1 if self.seq2seq else width  # seq2seq output starts with the decoder start token
         return [_finish(row[start:].tolist(), self.eos) for row in out]
+
+
+# --------------------------------------------------------------------------------------------- the runner's decoding
+
+
+def prefill_groups(lengths: Sequence[int], call_tokens: int = PREFILL_CALL_TOKENS) -> list[list[int]]:
+    """The rows of one batch (indices into ``lengths``) split into prefill groups of near-equal length, longest first:
+    runs of the length order, each padded to its first (longest) row, chosen to minimise padded tokens +
+    ``call_tokens`` per forward call (an exact-length run pads nothing; a prompt far from its neighbours gets its own
+    call). Dynamic programming over the runs."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    best, cut = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j - 1, -1, -1):  # order[i:j] in one call, padded to lengths[order[i]]
+            alone = call_tokens + (j - i) * lengths[order[i]]
+            if alone >= best[j]:  # grows as i falls: no longer run can do better
+                break
+            if best[i] + alone < best[j]:
+                best[j], cut[j] = best[i] + alone, i
+    groups, j = [], len(order)
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
+
+
+def _direct_decoding(model) -> bool:
+    """Whether ``_Decoder`` can run ``model``: its forward takes the cache, position ids and per-row logit positions,
+    and its cache is plain ``DynamicLayer`` layers (no sliding window, no state-space layers)."""
+    params = inspect.signature(model.forward).parameters
+    if not {"cache", "position_ids", "logits_to_keep", "attention_mask"} <= params.keys():
+        return False
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 — a config the cache cannot read: generate's path
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+class _BufferLayer(DynamicLayer):
+    """A cache layer over a preallocated ``[rows, heads, prompt width + max_new_tokens, head dim]`` buffer whose first
+    ``n`` positions are filled: ``update`` writes the new positions in place and returns views, where
+    ``DynamicLayer`` copies the whole cache into a new tensor at every step."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, n: int):
+        super().__init__()
+        self.buffers, self.n = (keys, values), n
+        self.device, self.is_initialized = keys.device, True
+        self.keys, self.values = keys[:, :, :n], values[:, :, :n]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = self.buffers
+        end = self.n + key_states.shape[-2]
+        keys[:, :, self.n : end] = key_states
+        values[:, :, self.n : end] = value_states
+        self.n = end
+        self.keys, self.values = keys[:, :, :end], values[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.n
+
+
+class _Decoder:
+    """One batch through the runner's own loop: length-bucketed prefill (``prefill_groups``, each group right-padded,
+    no mask), the groups' keys/values copied into one buffer, then every row decoded together: position ids = the
+    row's own positions, a mask that hides each row's padding, the next token = argmax of the (sampler's) scores, a row
+    finished at EOS fed padding until all rows finish or ``max_new_tokens`` — what ``generate`` does, without its
+    per-step bookkeeping."""
+
+    def __init__(self, runner: TransformersRunner, seeds: list[int]):
+        self.r, self.processors = runner, runner.sampler(seeds)
+
+    def pick(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.processors(None, scores.float()).argmax(-1)
+
+    @torch.inference_mode()
+    def prefill(self, batch: list[list[int]]) -> tuple[DynamicCache, torch.Tensor]:
+        """The cache of the whole batch (positions ≥ a row's length: zeros, masked) and each row's next-token logits."""
+        r, n, width = self.r, len(batch), max(map(len, batch))
+        buffers, logits = [], None
+        for group in prefill_groups([len(ids) for ids in batch]):
+            g = len(batch[group[0]])
+            ids = torch.tensor([batch[i] + [r.pad] * (g - len(batch[i])) for i in group], device=r.device)
+            last = torch.tensor([[len(batch[i]) - 1] for i in group], device=r.device)
+            part = DynamicCache(config=r.model.config)
+            out = r.model(
+                input_ids=ids,
+                position_ids=torch.arange(g, device=r.device).expand(len(group), g),
+                cache=part,
+                use_cache=True,
+                logits_to_keep=last,
+            )
+            if logits is None:
+                logits = out.logits.new_zeros(n, out.logits.shape[-1], dtype=torch.float32)
+                for layer in part.layers:
+                    shape = (n, layer.keys.shape[1], width + r.gen.max_new_tokens)
+                    buffers.append(
+                        (
+                            layer.keys.new_zeros(*shape, layer.keys.shape[-1]),
+                            layer.values.new_zeros(*shape, layer.values.shape[-1]),
+                        )
+                    )
+            rows = torch.tensor(group, device=r.device)
+            logits[rows] = out.logits[:, -1].float()
+            for (keys, values), layer in zip(buffers, part.layers, strict=True):
+                keys[rows, :, :g] = layer.keys
+                values[rows, :, :g] = layer.values
+        cache = DynamicCache(config=r.model.config)
+        cache.layers = [_BufferLayer(keys, values, width) for keys, values in buffers]
+        return cache, logits
+
+    @torch.inference_mode()
+    def run(self, batch: list[list[int]]) -> list[tuple[list[int], str]]:
+        r, n, width, steps = self.r, len(batch), max(map(len, batch)), self.r.gen.max_new_tokens
+        cache, logits = self.prefill(batch)
+        lengths = torch.tensor([len(ids) for ids in batch], device=r.device)
+        mask = torch.zeros(n, width + steps, dtype=torch.long, device=r.device)
+        mask[:, :width] = torch.arange(width, device=r.device) < lengths[:, None]
+        if r.model.config._attn_implementation == "sdpa":  # SDPA's own boolean mask: not rebuilt at every step
+            mask = mask.bool()[:, None, None, :]
+        token = self.pick(logits)
+        done, new = token == r.eos, [token]
+        for step in range(1, steps):
+            if bool(done.all()):
+                break
+            mask[..., width + step - 1] = 1  # the token fed now
+            out = r.model(
+                input_ids=token[:, None],
+                attention_mask=mask[..., : width + step],
+                position_ids=(lengths + step - 1)[:, None],
+                cache=cache,
+                use_cache=True,
+            )
+            token = torch.where(done, r.pad, self.pick(out.logits[:, -1]))
+            done |= token == r.eos
+            new.append(token)
+        return [_finish(row, r.eos) for row in torch.stack(new, 1).tolist()]
 
 
 # --------------------------------------------------------------------------------------------- vLLM backend

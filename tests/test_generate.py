@@ -1,4 +1,5 @@
-"""Batched generation and its cache, on tiny models: batched == one by one, resume, cache keys, sampling seeds."""
+"""Batched generation and its cache, on tiny models: batched == one by one, length buckets, the runner's own
+decoding loop == transformers' generate, resume, cache keys, sampling seeds."""
 
 import importlib.util
 import json
@@ -14,6 +15,7 @@ from llm4academic import generate as G
 from llm4academic.config import BACKENDS, ConfigError, KitError, ModelParams, load_params
 from llm4academic.generate import GenParams, generate_answers, model_identity
 from llm4academic.models import EOS, build_tiny, load_model, load_tokenizer
+from llm4academic.runners import TransformersRunner, prefill_groups
 from llm4academic.zbench import load_zbench
 
 QUICK = GenParams(max_new_tokens=8, batch_size=4)
@@ -34,6 +36,13 @@ def run(mp, items, out, gen=QUICK, **kw):
     return generate_answers(mp, items, out, gen, progress=False, **kw)
 
 
+def one_by_one(mp, items, out, monkeypatch, gen=QUICK):
+    """``generate_answers`` with every prompt in a batch of its own (``batch_size=1`` may still batch short prompts)."""
+    with monkeypatch.context() as m:
+        m.setattr(G, "length_batches", lambda lengths, *a, **k: [[i] for i in range(len(lengths))])
+        return run(mp, items, out, gen)
+
+
 @pytest.fixture(scope="module")
 def eos_llama(tiny_models, tmp_path_factory):
     """Tiny LLaMA whose EOS logit copies (×1.05) that of a token it often picks: its answers end at different steps."""
@@ -48,12 +57,13 @@ def eos_llama(tiny_models, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("arch", ["llama", "opt", "t5"])
-def test_batched_equals_one_by_one(arch, tiny_models, items, tmp_path):
+@pytest.mark.parametrize("arch", ["llama", "opt", "bloom", "t5"])
+def test_batched_equals_one_by_one(arch, tiny_models, items, tmp_path, monkeypatch):
+    """llama and opt go through the runner's own loop, bloom (ALiBi) and t5 through generate."""
     mp = params(tiny_models(arch))
     batched, rep = run(mp, items, tmp_path / "b")
-    single, _ = run(mp, items, tmp_path / "s", GenParams(max_new_tokens=8, batch_size=1))
-    assert rep.generated == len(items) and rep.batches == 2
+    single, rep1 = one_by_one(mp, items, tmp_path / "s", monkeypatch)
+    assert rep.generated == len(items) and rep.batches == 2 and rep1.batches == len(items)
     assert list(batched["item_id"]) == list(items["item_id"])  # the original order, not the length order
     for col in ("answer", "new_tokens", "finish_reason", "key"):
         assert list(batched[col]) == list(single[col]), col
@@ -70,24 +80,24 @@ def test_one_by_one_is_plain_generate(tiny_models, items, tmp_path):
     assert df["answer"][1] == tok.decode([t for t in out if t != EOS], skip_special_tokens=True)
 
 
-def test_eos_stops_rows_at_different_steps(eos_llama, items, tmp_path):
+def test_eos_stops_rows_at_different_steps(eos_llama, items, tmp_path, monkeypatch):
     mp = params(eos_llama)
     gen = GenParams(max_new_tokens=12, batch_size=7)
     batched, _ = run(mp, items, tmp_path / "b", gen)
-    single, _ = run(mp, items, tmp_path / "s", GenParams(max_new_tokens=12, batch_size=1))
+    single, _ = one_by_one(mp, items, tmp_path / "s", monkeypatch, gen)
     assert set(batched["finish_reason"]) == {"eos", "length"}
     assert batched.loc[batched["finish_reason"] == "length", "new_tokens"].eq(12).all()
     assert list(batched["answer"]) == list(single["answer"])
     assert list(batched["new_tokens"]) == list(single["new_tokens"])
 
 
-def test_long_prompt_keeps_its_end_and_fits(tiny_models, items, tmp_path):
+def test_long_prompt_keeps_its_end_and_fits(tiny_models, items, tmp_path, monkeypatch):
     """OPT's learned positions stop at 512: a longer prompt keeps BOS and its end (### Response:)."""
     long = pd.DataFrame({"item_id": ["long"], "prompt": ["这是一个很长的问题。" * 200]})
     mixed = pd.concat([items.iloc[:3], long], ignore_index=True)
     mp = params(tiny_models("opt"))
     batched, rep = run(mp, mixed, tmp_path / "b")
-    single, _ = run(mp, mixed, tmp_path / "s", GenParams(max_new_tokens=8, batch_size=1))
+    single, _ = one_by_one(mp, mixed, tmp_path / "s", monkeypatch)
     assert rep.prompts_truncated == 1 and batched["prompt_truncated"].tolist() == [False] * 3 + [True]
     assert batched["prompt_tokens"][3] > 512
     assert list(batched["answer"]) == list(single["answer"])
@@ -99,15 +109,15 @@ def test_long_prompt_keeps_its_end_and_fits(tiny_models, items, tmp_path):
 def test_resume_generates_only_the_rest(tiny_models, items, tmp_path, monkeypatch):
     mp = params(tiny_models("llama"))
     gen = GenParams(max_new_tokens=8, batch_size=2)
-    part, rep = run(mp, items, tmp_path, gen, stop_after_batches=2)
-    assert (rep.generated, rep.cached, rep.missing, len(part)) == (4, 0, 3, 4)
+    part, rep = run(mp, items, tmp_path, gen, stop_after_batches=2)  # batches of 2 (the longest), 3, 2 prompts
+    assert (rep.generated, rep.cached, rep.missing, len(part)) == (5, 0, 2, 5)
     full, rep = run(mp, items, tmp_path, gen)
-    assert (rep.generated, rep.cached, rep.missing) == (3, 4, 0)
+    assert (rep.generated, rep.cached, rep.missing) == (2, 5, 0)
     lines = [json.loads(x) for x in open(rep.cache_file, encoding="utf-8")]
     assert len(lines) == len(items) == len({r["key"] for r in lines}) == len(full)
     assert list(full["item_id"]) == list(items["item_id"])
-    one_by_one, _ = run(mp, items, tmp_path / "fresh", GenParams(max_new_tokens=8, batch_size=1))
-    assert list(full["answer"]) == list(one_by_one["answer"])
+    single, _ = one_by_one(mp, items, tmp_path / "fresh", monkeypatch)
+    assert list(full["answer"]) == list(single["answer"])
     # all cached: the model is not even loaded
     monkeypatch.setitem(G.RUNNERS, "transformers", lambda *a, **k: pytest.fail("model loaded"))
     again, rep = run(mp, items, tmp_path, gen)
@@ -172,11 +182,11 @@ def test_truncated_last_line_is_dropped_and_reported(tiny_models, items, tmp_pat
         run(mp, few, tmp_path)
 
 
-def test_sampling_is_seeded_per_prompt(tiny_models, items, tmp_path):
+def test_sampling_is_seeded_per_prompt(tiny_models, items, tmp_path, monkeypatch):
     mp = params(tiny_models("llama"))
     sample = GenParams(max_new_tokens=8, do_sample=True, temperature=1.5, top_p=0.9, seed=1, batch_size=4)
     a, _ = run(mp, items, tmp_path / "a", sample)
-    b, _ = run(mp, items, tmp_path / "b", GenParams(**{**sample.__dict__, "batch_size": 1}))
+    b, _ = one_by_one(mp, items, tmp_path / "b", monkeypatch, sample)
     c, _ = run(mp, items, tmp_path / "c", GenParams(**{**sample.__dict__, "seed": 2}))
     greedy, _ = run(mp, items, tmp_path / "g")
     assert list(a["answer"]) == list(b["answer"])  # the same draws whatever the batch
@@ -295,3 +305,61 @@ def test_vllm_finish_mapping_reads_the_ids():
     got = runner.run([[1]] * len(cases), [0] * len(cases))
     assert got == [expected for _, expected in cases]
     assert [G.is_truncated({"finish_reason": finish}) for _, finish in got] == [False, False, True, False]
+
+
+# --------------------------------------------------------------------------------------------- length buckets
+
+
+def test_length_batches_share_lengths_within_the_first_batch_memory():
+    lengths = [480, 96, 95, 95, 300, 97, 94, 93, 290, 96, 310, 95] + [100] * 40
+    batches = G.length_batches(lengths, 4, 32)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert flat == sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))  # runs of the length order
+    budget = 4 * (480 + 32)
+    assert all(len(b) * (lengths[b[0]] + 32) <= budget and len(b) <= 16 for b in batches)
+    assert batches[0] == [0, 10, 4, 8]  # the longest prompts: batch_size rows
+    assert max(map(len, batches)) == 15  # short prompts share larger batches in the same memory
+    # a batch is cut where its padding costs more than one more batch
+    assert G.length_batches([480, 100, 100, 100, 100], 4, 32) == [[0], [1, 2, 3, 4]]
+    assert G.length_batches([480, 470, 100], 4, 32) == [[0, 1, 2]]  # 380 padded positions: cheaper than a batch
+    assert G.length_batches([480, 470, 100], 4, 32, batch_positions=100) == [[0, 1], [2]]
+    assert G.length_batches([], 4) == [] and G.length_batches([5], 1) == [[0]]
+    assert G.length_batches([10] * 5, 2) == [[0, 1], [2, 3], [4]]  # equal lengths: batch_size rows
+    assert max(map(len, G.length_batches([480] + [10] * 30, 2))) == 8  # at most 4 × batch_size rows
+
+
+def test_prefill_groups_pad_little_and_call_rarely():
+    assert prefill_groups([50, 50, 50]) == [[0, 1, 2]]  # one exact-length call
+    assert prefill_groups([400, 100, 98, 97]) == [[0], [1, 2, 3]]  # padding 100 → 400 costs more than a call
+    assert prefill_groups([100, 99, 101]) == [[2, 0, 1]]  # 3 padded tokens are cheaper than a second call
+    assert prefill_groups([300, 100], call_tokens=10**6) == [[0, 1]]
+    assert prefill_groups([300, 100], call_tokens=0) == [[0], [1]]
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "bloom", "t5"])
+def test_runner_loop_only_where_it_is_generate(arch, tiny_models):
+    mp = params(tiny_models(arch))
+    runner = TransformersRunner(mp, load_tokenizer(mp), arch == "t5", QUICK, "cpu")
+    assert runner.direct == (arch in ("llama", "opt"))
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_runner_loop_equals_generate(eos_llama, tiny_models, items, sample):
+    """The runner's own loop (bucketed prefill, buffer cache, per-row positions) answers what transformers' generate
+    answers, row by row: greedy and seeded sampling, rows ending at EOS at different steps, one row or many, on
+    LLaMA (rotary positions) and OPT (learned positions)."""
+    gen = GenParams(max_new_tokens=12, do_sample=sample, temperature=1.3, top_p=0.8)
+    for mp in (params(eos_llama), params(tiny_models("opt"))):
+        tok = load_tokenizer(mp)
+        runner = TransformersRunner(mp, tok, False, gen, "cpu")
+        prompts = [G.prompt_ids(G.zbench_record(p), tok, "alpaca", False) for p in items["prompt"]]
+        prompts += [prompts[0][:40], prompts[0][:40], prompts[1][:2]]  # equal lengths; a 2-token prompt
+        seeds = [G.item_seed(3, str(i)) for i in range(len(prompts))]
+        assert runner.direct
+        loop = runner.run(prompts, seeds)
+        alone = [runner.run_generate([p], [s])[0] for p, s in zip(prompts, seeds, strict=True)]
+        assert loop == alone == runner.run_generate(prompts, seeds)
+        assert [runner.run([p], [s])[0] for p, s in zip(prompts, seeds, strict=True)] == alone
+        if mp.path == str(eos_llama) and not sample:
+            assert {f for _, f in loop} == {"eos", "length"}
