@@ -6,7 +6,10 @@ LLaMA/GLM/OPT, none for BLOOM) once at the start, labels -100 on prompt segments
 after every assistant reply and labelled — never ``"</s>"`` as text, which some fast LLaMA tokenizers split into
 ``<``, ``/``, ``s``, ``>``. Every segment but the first is encoded after ``ANCHOR`` whose ids are then removed, so
 SentencePiece's dummy prefix (LLaMA, T5) is not put before each reply. Segment-wise tokens are the tokens a model
-meets at generation time, when the prompt is tokenised alone (``encode_prompt``).
+meets at generation time, when the prompt is tokenised alone (``encode_prompt``). The template's fixed prompt start
+(stanford's "Below is an instruction…### Instruction:\n", ~30% of an Alpaca example's tokens) is tokenised once
+where the tokenizer allows it (``heads``), with the same ids. Labels and the Arrow columns are built flat in NumPy;
+large mixes run in forked worker processes (``num_proc``), each on one tokenizer thread.
 
 Given that the tokenizer reads ``"</s>"`` as the EOS id, the labels equal stanford_alpaca's ``preprocess`` except
 where a merge crosses the prompt/reply join; stanford's reference lives in the checkout's benchmarks/stanford.py.
@@ -14,12 +17,19 @@ where a merge crosses the prompt/reply join; stanford's reference lives in the c
 
 from __future__ import annotations
 
+import gc
+import os
+import uuid
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import datasets
+import numpy as np
+import pyarrow as pa
 
 from .base import KitError
-from .templates import get_template, render
+from .templates import fixed_starts, get_template, render
 
 IGNORE_INDEX = -100
 ANCHOR = "\n"  # encoded before every segment but the first, then removed (see encode_segments)
@@ -78,35 +88,103 @@ def framing(tokenizer) -> Framing:
     return Framing(tuple(framed[:start]), tuple(framed[start + len(bare) :]), tuple(anchor), tokenizer.eos_token_id)
 
 
-def encode_segments(tokenizer, texts: list[list[str]], fr: Framing) -> list[list[list[int]]]:
-    """Token ids of each record's segments, in one tokenizer call: the first segment as is, every later one as
-    ``ANCHOR + text`` with the anchor's ids removed, so that a tokenizer that prepends a space to every text
-    (SentencePiece's dummy prefix: LLaMA, T5) does not put one at each segment start. Where the anchor's ids are
-    not a prefix (the text merged into them), that segment is encoded alone."""
-    flat = [t if k == 0 else ANCHOR + t for segs in texts for k, t in enumerate(segs)]
-    ids = _encode_batch(tokenizer, flat)
-    n, out, pos = len(fr.anchor), [], 0
+@dataclass(frozen=True)
+class Head:
+    """A template's fixed prompt start, tokenised once: a first segment that starts with ``text`` is encoded from
+    ``cut`` on, and the ids of ``text[cut:end]`` alone (``context``, kept so that the record's own text meets the
+    characters it follows) are replaced by ``ids``, the ids of ``text[:end]``. Found by ``heads``."""
+
+    text: str
+    cut: int
+    context: tuple[int, ...]
+    ids: tuple[int, ...]
+
+
+# letters (the first must keep a head's context intact), digits, spaces, newlines, punctuation, CJK, accents
+HEAD_PROBES = tuple("a|A b| a|  a|1| 1|\n|\n\nx| |\t|:|-|\"x|'s|#|.|(|（|中文|é".split("|"))
+
+
+def heads(tokenizer, template: str) -> tuple[Head, ...]:
+    """The template's fixed prompt starts (``templates.fixed_starts``) that this tokenizer lets the kit tokenise
+    once. For each start, the latest ``end`` and the shortest context ``text[cut:end]`` (up to 8 characters each)
+    are taken for which ``start + probe`` tokenises exactly as ``ids`` + the probe encoded after the context, for
+    every probe in ``HEAD_PROBES`` (letters, digits, spaces, newlines, punctuation, CJK), each leaving the context's
+    ids intact; failing that, for every probe that leaves them intact (the others fall back, as a record would; the
+    first probe must not). ``encode_segments`` checks the context's ids again on every record and encodes the whole
+    segment where they changed. A tokenizer that reads a text as one piece gets none."""
+    out = []
+    for text in fixed_starts(template):
+        whole = _encode_batch(tokenizer, [text + p for p in HEAD_PROBES])
+        spans = [(e, c) for e in range(len(text), max(len(text) - 8, 0), -1) for c in range(e - 1, max(e - 9, 0), -1)]
+        found = next((h for strict in (True, False) for h in _probe(tokenizer, text, spans, whole, strict) if h), None)
+        if found:
+            out.append(found)
+    return tuple(out)
+
+
+def _probe(tokenizer, text: str, spans, whole, strict: bool):
+    """``heads``' candidates in order: a ``Head`` where ``(end, cut)`` passes, else None."""
+    for end, cut in spans:
+        ids, context = _encode_batch(tokenizer, [text[:end], text[cut:end]])
+        if len(ids) - len(context) < 2:
+            yield None
+            continue
+        rest = _encode_batch(tokenizer, [text[cut:] + p for p in HEAD_PROBES])
+        n = len(context)
+        kept = [r[:n] == context for r in rest]
+        ok = kept[0] and (all(kept) or not strict)
+        yield (
+            Head(text, cut, tuple(context), tuple(ids))
+            if ok and all(ids + r[n:] == w for r, w, k in zip(rest, whole, kept, strict=True) if k)
+            else None
+        )
+
+
+def encode_segments(
+    tokenizer, texts: list[list[str]], fr: Framing, fixed: tuple[Head, ...] = ()
+) -> list[list[list[int]]]:
+    """Token ids of each record's segments, in one tokenizer call: the first segment as is (from a ``Head``'s
+    context on when it starts with one of ``fixed``), every later one as ``ANCHOR + text`` with the anchor's ids
+    removed, so that a tokenizer that prepends a space to every text (SentencePiece's dummy prefix: LLaMA, T5) does
+    not put one at each segment start. Where the anchor's or the context's ids are not a prefix (the text merged
+    into them), that segment is encoded alone, whole."""
+    flat, how = [], []
     for segs in texts:
-        rec = []
         for k, text in enumerate(segs):
-            toks = ids[pos + k]
-            if k and list(toks[:n]) == list(fr.anchor):
-                toks = toks[n:]
-            elif k:
-                toks = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-            rec.append(list(toks))
-        out.append(rec)
+            head = None if k else next((h for h in fixed if text.startswith(h.text)), None)
+            how.append(head or k)
+            flat.append(ANCHOR + text if k else text[head.cut :] if head else text)
+    ids = _encode_batch(tokenizer, flat)
+    redo = []
+    for i, (toks, kind) in enumerate(zip(ids, how, strict=True)):
+        if kind == 0:
+            continue
+        expected = fr.anchor if isinstance(kind, int) else kind.context
+        if toks[: len(expected)] == list(expected):
+            ids[i] = toks[len(expected) :] if isinstance(kind, int) else [*kind.ids, *toks[len(expected) :]]
+        else:
+            redo.append(i)
+    if redo:
+        whole = [
+            flat[i][len(ANCHOR) :] if isinstance(how[i], int) else how[i].text[: how[i].cut] + flat[i] for i in redo
+        ]
+        for i, toks in zip(redo, _encode_batch(tokenizer, whole), strict=True):
+            ids[i] = toks
+    out, pos = [], 0
+    for segs in texts:
+        out.append(ids[pos : pos + len(segs)])
         pos += len(segs)
     return out
 
 
 def _encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of many texts without special tokens: straight from the Rust tokenizer when there is one (the same
-    ids as ``tokenizer(texts)``, without transformers' per-text conversion), else through the tokenizer's call."""
+    ids as ``tokenizer(texts)``, without transformers' per-text conversion and without offsets), else through the
+    tokenizer's call."""
     if not texts:
         return []
     if getattr(tokenizer, "is_fast", False):
-        return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+        return [e.ids for e in tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
 
@@ -130,20 +208,53 @@ def _prompt_and_reply(segments) -> tuple[str, str] | None:
     return "".join(t for t, _ in segments[:last]), segments[last][0]
 
 
-def _tokenize_causal(rendered, tokenizer, fr: Framing, max_length: int) -> dict:
-    seg_ids = encode_segments(tokenizer, [[t for t, _ in segs] for segs in rendered], fr)
-    out = {k: [] for k in ("input_ids", "labels", *HELPER_COLUMNS)}
+def _tokenize_causal(rendered, tokenizer, fr: Framing, max_length: int, fixed: tuple[Head, ...] = ()):
+    """Causal examples of a batch as an Arrow table: token lists built flat (one list of ids for the batch, offsets,
+    the prompt spans whose labels are -100), so that neither the labels nor the Arrow columns cost a Python list
+    per record."""
+    seg_ids = encode_segments(tokenizer, [[t for t, _ in segs] for segs in rendered], fr, fixed)
+    flat, offsets, starts, stops = [], [0], [], []
+    helpers = {k: [] for k in HELPER_COLUMNS}
+    prefix, eos = list(fr.prefix), fr.eos
     for segs, toks in zip(rendered, seg_ids, strict=True):
-        ids, labels = _causal(segs, toks, fr)
-        ids, labels, truncated = ids[:max_length], labels[:max_length], len(ids) > max_length
-        trainable = len(labels) - labels.count(IGNORE_INDEX)
-        out["input_ids"].append(ids)
-        out["labels"].append(labels)
-        out["_truncated"].append(truncated)
-        out["_keep"].append(trainable - (labels[0] != IGNORE_INDEX) > 0)  # label 0 is never predicted
-        out["_tokens"].append(len(ids))
-        out["_trainable"].append(trainable)
-    return out
+        first = len(flat)
+        flat += prefix
+        spans = [[first, len(flat)]]  # [start, stop) of the -100 labels: the prefix, then every prompt segment
+        for (_, trainable), ids in zip(segs, toks, strict=True):
+            if trainable:
+                flat += ids
+                flat.append(eos)
+            else:
+                if spans[-1][1] != len(flat):
+                    spans.append([len(flat), len(flat)])
+                flat += ids
+                spans[-1][1] = len(flat)
+        stop = min(len(flat), first + max_length)
+        helpers["_truncated"].append(len(flat) > stop)
+        del flat[stop:]
+        masked = 0
+        for a, b in spans:
+            b = min(b, stop)
+            if b > a:
+                starts.append(a)
+                stops.append(b)
+                masked += b - a
+        n = stop - first
+        helpers["_tokens"].append(n)
+        helpers["_trainable"].append(n - masked)
+        helpers["_keep"].append(n - masked - (spans[0][1] == first) > 0)  # label 0 is never predicted
+        offsets.append(stop)
+    ids = np.array(flat, dtype=np.int32)
+    edges = np.zeros(len(ids) + 1, dtype=np.int32)
+    np.add.at(edges, starts, 1)
+    np.add.at(edges, stops, -1)
+    labels = np.where(np.cumsum(edges[:-1]) > 0, IGNORE_INDEX, ids.astype(np.int64))
+    offsets = pa.array(offsets, type=pa.int32())
+    return {
+        "input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids)),
+        "labels": pa.ListArray.from_arrays(offsets, pa.array(labels)),
+        **{k: pa.array(v) for k, v in helpers.items()},
+    }
 
 
 def _tokenize_seq2seq(rendered, tokenizer, fr: Framing, max_length: int) -> dict:
@@ -164,13 +275,17 @@ def _tokenize_seq2seq(rendered, tokenizer, fr: Framing, max_length: int) -> dict
     return out
 
 
-def _tokenize_batch(batch: dict, *, tokenizer, template: str, max_length: int, fr: Framing, seq2seq: bool) -> dict:
-    """``datasets.map`` function: one tokenizer call for every text of every record in the batch."""
-    rendered = [render(dict(zip(batch, values, strict=True)), template) for values in zip(*batch.values(), strict=True)]
-    out = (_tokenize_seq2seq if seq2seq else _tokenize_causal)(rendered, tokenizer, fr, max_length)
-    if "id" in batch:
-        out["id"] = list(batch["id"])
-    return out
+RECORD_COLUMNS = ("instruction", "input", "output", "conversation")  # what templates.render reads
+
+
+def _tokenize_batch(batch: pa.Table, *, tokenizer, template: str, max_length: int, fr: Framing, seq2seq: bool, fixed):
+    """``datasets.map`` function on Arrow batches: one tokenizer call for every text of every record in the batch."""
+    cols = batch.select([c for c in RECORD_COLUMNS if c in batch.column_names]).to_pydict()
+    rendered = [render(dict(zip(cols, values, strict=True)), template) for values in zip(*cols.values(), strict=True)]
+    ids = {"id": batch.column("id")} if "id" in batch.column_names else {}
+    if seq2seq:  # Python lists: datasets picks the column types (int32 input_ids, as for causal examples)
+        return {**_tokenize_seq2seq(rendered, tokenizer, fr, max_length), **{k: v.to_pylist() for k, v in ids.items()}}
+    return pa.table({**ids, **_tokenize_causal(rendered, tokenizer, fr, max_length, fixed)})
 
 
 HELPER_COLUMNS: tuple[str, ...] = ("_truncated", "_keep", "_tokens", "_trainable")
@@ -188,6 +303,52 @@ def _report(ds: datasets.Dataset, report: TokenizeReport) -> datasets.Dataset:
     return ds.remove_columns(list(HELPER_COLUMNS))
 
 
+MIN_RECORDS_PER_PROC = 5_000  # a worker costs ~0.1 s to start and to hand its shard back: fewer records stay here
+
+
+def worker_count(records: int, num_proc: int | None = None) -> int:
+    """Processes ``tokenize_records`` uses for ``records``: ``num_proc`` (None = every usable CPU), but at least
+    ``MIN_RECORDS_PER_PROC`` records each, so that a small mix is tokenised in this process."""
+    if num_proc is None:
+        try:
+            num_proc = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            num_proc = os.cpu_count() or 1
+    return max(1, min(int(num_proc), records // MIN_RECORDS_PER_PROC))
+
+
+@contextmanager
+def _no_cyclic_gc():
+    """Pause Python's cyclic garbage collector (the workers inherit the pause): a batch makes tens of thousands of
+    token lists, which set off full collections over every object of a process that has imported torch — a quarter
+    of a second each. Token lists hold no cycles; reference counting frees them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@contextmanager
+def _fork_safe():
+    """Fork ``datasets.map``'s workers with ``TOKENIZERS_PARALLELISM=false``, restored afterwards. Each worker
+    tokenises on one thread with a tokenizer unpickled from the job (datasets sends ``fn_kwargs`` to its workers), so
+    no worker touches the Rust thread pool: with tokenizers 0.23 a forked child that encodes in parallel after its
+    parent used the pool hangs, without a warning (parallelism turned on by the user; the kit keeps it off, so the
+    training launcher's later fork is safe too)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+
+
 def tokenize_records(
     ds: datasets.Dataset,
     tokenizer,
@@ -200,9 +361,11 @@ def tokenize_records(
     """Unified records → ``id, input_ids, labels`` (+ ``attention_mask`` for seq2seq) and a ``TokenizeReport``.
 
     Causal: one sequence (the tokenizer's leading special tokens, not its trailing ones), prompt labels -100, EOS
-    id after every reply, cut at ``max_length``; records left with no trainable token are dropped.
+    id after every reply, cut at ``max_length``; records left with no trainable token are dropped. The template's
+    fixed prompt start is tokenised once where the tokenizer allows it (``heads``); the ids are the same.
     Seq2seq: encoder = the text before the last reply (framed like the tokenizer:
     T5 appends ``</s>``), labels = last reply + EOS id; each side cut at ``max_length``.
+    ``num_proc``: worker processes (``worker_count``; None = every usable CPU); the result does not depend on it.
     """
     get_template(template)
     kwargs = {
@@ -211,17 +374,24 @@ def tokenize_records(
         "max_length": max_length,
         "fr": framing(tokenizer),
         "seq2seq": seq2seq,
+        "fixed": () if seq2seq else heads(tokenizer, template),
     }
-    out = ds.map(
-        _tokenize_batch,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=ds.column_names,
-        fn_kwargs=kwargs,
-        desc=f"tokenise ({template})",
-    )
+    procs, spill = worker_count(len(ds), num_proc), {}
+    if procs > 1 and not ds.cache_files:  # workers write Arrow files (removed at exit) rather than pickle tables back
+        folder = Path(datasets.fingerprint.get_temporary_cache_files_directory())
+        spill["cache_file_name"] = str(folder / f"tokenised-{uuid.uuid4().hex}.arrow")
+    with _fork_safe() if procs > 1 else nullcontext(), _no_cyclic_gc():
+        out = ds.with_format("arrow").map(
+            _tokenize_batch,
+            batched=True,
+            num_proc=procs if procs > 1 else None,
+            **spill,
+            remove_columns=ds.column_names,
+            fn_kwargs=kwargs,
+            desc=f"tokenise ({template})",
+        )
     report = TokenizeReport(template=template, max_length=max_length, seq2seq=seq2seq)
-    return _report(out, report), report
+    return _report(out.with_format(None), report), report
 
 
 def encode_prompt(record: dict, tokenizer, template: str) -> list[int]:

@@ -139,3 +139,17 @@ def prompt_text(record: dict, template: str) -> str:
     if segments and segments[-1][1]:
         segments = segments[:-1]
     return "".join(text for text, _ in segments)
+
+
+def fixed_starts(template: str) -> list[str]:
+    """The fixed texts a record's first segment can start with, whatever its fields (one per prompt shape: with
+    and without input, a dialogue without a system turn), longest first; empty starts are left out.
+    ``sft`` tokenises them once (``sft.heads``)."""
+    field, reply = "\x00", {"role": "assistant", "content": "-"}
+    shapes = (
+        {"instruction": field, "input": "", "output": "-"},
+        {"instruction": field, "input": field, "output": "-"},
+        {"conversation": [{"role": "user", "content": field}, reply]},
+    )
+    starts = {render(record, template)[0][0].split(field, 1)[0] for record in shapes}
+    return sorted((s for s in starts if s), key=len, reverse=True)

@@ -73,7 +73,7 @@ def build_dataset(params: StudyParams, mp: ModelParams, run_dir: str | Path) -> 
     card = models.model_card(mp)
     template = mp.template or card.template
     tokenized, tok_report = sft.tokenize_records(
-        records, tokenizer, template, tp.max_length, seq2seq=card.kind != "causal"
+        records, tokenizer, template, tp.max_length, seq2seq=card.kind != "causal", num_proc=tp.num_proc
     )
     stats: dict[str, Any] = {
         "model": mp.name,

@@ -34,6 +34,7 @@ NOT_TRAJECTORY = {
     "main_process_port": True,
     "models": True,
     "num_processes": True,  # recorded as the processes that really train (``processes``)
+    "num_proc": True,  # tokenising processes: the same dataset with any number (tested)
     "fsdp": {"activation_checkpointing", "cpu_offload"},
     "lora": {"save"},
 }

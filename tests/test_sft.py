@@ -1,4 +1,5 @@
 import collections
+import os
 
 import datasets
 import pytest
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from benchmarks import stanford
 from llm4academic import packing, sft
 from llm4academic.data.formats import RECORD_FEATURES, load_file
+from llm4academic.templates import render
 
 ALPACA = SAMPLES / "alpaca" / "alpaca_data.first1825.json"
 SHIPPED = (
@@ -86,18 +88,6 @@ def test_eos_id_labelled_after_every_reply(arch, tok, mixed):
     )
 
 
-def test_labels_equal_stanford_alpaca_on_the_shipped_alpaca_sample(tok, alpaca):
-    t = tok("llama")
-    assert t("x</s>")["input_ids"][-1] == t.eos_token_id  # stanford's "</s>" text is the EOS id here
-    out, report = sft.tokenize_records(alpaca, t, "alpaca", 512)
-    sources, targets = stanford.stanford_sources_targets(alpaca, t)
-    ref = stanford.stanford_alpaca_preprocess(sources, targets, t, 512)
-    kit = out.select_columns(["input_ids", "labels"]).to_dict()
-    assert len(alpaca) == 1821 and report.truncated > 0  # truncated records are compared too
-    assert kit["input_ids"] == ref["input_ids"]
-    assert kit["labels"] == ref["labels"]
-
-
 def test_where_stanford_and_segment_tokens_can_differ(tok):
     t = tok("llama")
     prompt = stanford.stanford_sources_targets([rec()], t)[0][0]  # ends in "### Response:"
@@ -131,6 +121,201 @@ def test_sentencepiece_dummy_prefix_is_not_put_before_each_reply(alpaca):
     out, _ = sft.tokenize_records(records, t, "alpaca", 512)
     ref = stanford.stanford_alpaca_preprocess(*stanford.stanford_sources_targets(records, t), t, 512)
     assert out.select_columns(["labels"]).to_dict()["labels"] == ref["labels"]
+
+
+def llama3_like(records):
+    """A byte-level BPE behind LLaMA-3's split pattern (punctuation keeps the newlines after it: ``":\n"`` is one
+    pre-token, so the fixed prompt start cannot end between them), built offline."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    pattern = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+        r"|\s+(?!\S)|\s+"
+    )
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    bpe.decoder = decoders.ByteLevel()
+    texts = [x for r in records for x in (r["instruction"], r["input"], r["output"]) if x]
+    trainer = trainers.BpeTrainer(
+        vocab_size=1200,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator([*texts, *stanford.stanford_sources_targets(records, _Eos())[0]], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+
+
+class _Eos:
+    eos_token = "</s>"
+
+
+def shipped_records(per_file: int | None = None) -> datasets.Dataset:
+    parts = [load_file(p, source=p.parent.name, on_invalid="skip", max_records=per_file)[0] for p in SHIPPED]
+    return datasets.concatenate_datasets(parts)
+
+
+def kept_stanford(records: datasets.Dataset, t, max_length: int) -> dict:
+    """stanford's preprocess of the records, without those the kit drops (no trainable token left)."""
+    ref = stanford.stanford_alpaca_preprocess(*stanford.stanford_sources_targets(records, t), t, max_length)
+    keep = [any(x != sft.IGNORE_INDEX for x in lab[1:]) for lab in ref["labels"]]
+    return {k: [x for x, kept in zip(v, keep, strict=True) if kept] for k, v in ref.items()}
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return shipped_records()
+
+
+@pytest.mark.parametrize("arch", ["llama", "bloom", "opt", "glm", "sentencepiece", "llama3"])
+def test_fixed_prompt_start_once_and_labels_equal_stanford_on_the_shipped_samples(arch, tok, shipped, monkeypatch):
+    t = {"sentencepiece": sentencepiece_like, "llama3": llama3_like}.get(arch)
+    t = t(shipped.select(range(0, len(shipped), 4)).to_list()) if t else tok(arch)
+    assert t("x" + t.eos_token, add_special_tokens=False)["input_ids"][-1] == t.eos_token_id  # "</s>" text = EOS id
+    shipped = shipped if arch == "llama" else shipped.select(range(0, len(shipped), 3))  # every file, a third
+    fixed = sft.heads(t, "alpaca")
+    assert len(fixed) == 2  # with and without input: each tokenised once, most of it kept out of the per-record call
+    assert all(len(h.ids) >= 15 and len(h.context) <= 2 for h in fixed)
+    if arch == "llama3":  # ":\n" is one pre-token there: the per-record text starts before the colon
+        assert all(h.text[h.cut :].endswith(":\n") and len(h.text) - h.cut > 2 for h in fixed)
+    out, report = sft.tokenize_records(shipped, t, "alpaca", 512, num_proc=1)
+    kit = out.select_columns(["input_ids", "labels"]).to_dict()
+    ref = kept_stanford(shipped, t, 512)
+    assert report.records == len(shipped) > 1600 and report.truncated > 0
+    if arch == "llama3":  # stanford tokenises prompt + reply as one text: ":" joins a reply's leading "\n" there
+        sources, targets = stanford.stanford_sources_targets(shipped, t)
+        differs = [stanford.stanford_boundary_differs(a, b, t) for a, b in zip(sources, targets, strict=True)]
+        assert 0 < sum(differs) < len(differs) / 4 and report.dropped == 0
+        kit, ref = (
+            {k: [x for x, d in zip(v, differs, strict=True) if not d] for k, v in c.items()} for c in (kit, ref)
+        )
+    assert kit["labels"] == ref["labels"]
+    assert kit["input_ids"] == ref["input_ids"]
+    monkeypatch.setattr(sft, "heads", lambda *_: ())  # the same examples as with every prompt tokenised whole
+    assert sft.tokenize_records(shipped, t, "alpaca", 512, num_proc=1)[0].to_dict() == out.to_dict()
+
+
+TRICKY_STARTS = (
+    "",
+    " x",
+    "  x",
+    "\n",
+    "\n\nx",
+    "\t\tx",
+    " \n x",
+    "：x",
+    ":x",
+    "-",
+    '"x"',
+    "’s",
+    "1.",
+    "中文",
+    "\u3000x",
+)
+
+
+def tricky_segments() -> list[list[str]]:
+    starts = [(a, b, c) for a in TRICKY_STARTS for b in ("", *TRICKY_STARTS[1:4]) for c in TRICKY_STARTS[:5]]
+    records = [rec(i, instruction=a + "Name it.", input_=b, output=c) for i, (a, b, c) in enumerate(starts)]
+    return [[text for text, _ in render(r, "alpaca")] for r in records]
+
+
+@pytest.mark.parametrize("arch", ["llama", "sentencepiece", "llama3"])
+def test_fields_that_meet_the_fixed_text_tokenise_as_the_whole_segment(arch, tok, alpaca):
+    make = {"sentencepiece": sentencepiece_like, "llama3": llama3_like}.get(arch)
+    t = make(alpaca.select(range(300)).to_list()) if make else tok(arch)
+    fr, segs = sft.framing(t), tricky_segments()
+    got = sft.encode_segments(t, segs, fr, sft.heads(t, "alpaca"))
+    assert [g[0] for g in got] == [t(s[0], add_special_tokens=False)["input_ids"] for s in segs]
+    assert got == sft.encode_segments(t, segs, fr)  # the same ids as without the fixed starts
+
+
+def test_a_record_whose_context_ids_change_is_encoded_whole(tok, monkeypatch):
+    t = tok("llama")
+    fr, segs = sft.framing(t), tricky_segments()
+    forged = tuple(sft.Head(h.text, h.cut, (-1,), (-2,)) for h in sft.heads(t, "alpaca"))  # never matches
+    calls = []
+    encode = sft._encode_batch
+    monkeypatch.setattr(sft, "_encode_batch", lambda tk, texts: calls.append(len(texts)) or encode(tk, texts))
+    got = sft.encode_segments(t, segs, fr, forged)
+    assert len(calls) == 2 and calls[1] >= len(segs)  # one more call: every prompt, whole (and some replies)
+    assert got == sft.encode_segments(t, segs, fr) and -2 not in {x for g in got for s in g for x in s}
+
+
+def test_a_tokenizer_that_reads_text_as_one_piece_gets_no_fixed_start():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    whole = Tokenizer(models.WordLevel({"<unk>": 0, "</s>": 1}, unk_token="<unk>"))  # no pre-tokenizer: one token
+    t = PreTrainedTokenizerFast(tokenizer_object=whole, unk_token="<unk>", eos_token="</s>")
+    assert sft.heads(t, "alpaca") == () and len(sft.tokenize_records(as_ds([rec(0)]), t, "alpaca", 64)[0]) == 1
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+def test_worker_count():
+    assert sft.worker_count(100, 8) == 1  # a small mix stays in this process
+    assert sft.worker_count(4 * sft.MIN_RECORDS_PER_PROC, 2) == 2
+    assert sft.worker_count(4 * sft.MIN_RECORDS_PER_PROC, 8) == 4
+    assert sft.worker_count(10**6, 1) == 1 and sft.worker_count(10**6, None) >= 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "t5"])
+def test_two_processes_give_what_one_gives(arch, tok, mixed, monkeypatch):
+    monkeypatch.setattr(sft, "MIN_RECORDS_PER_PROC", 10)
+    t, seq2seq = tok(arch), arch == "t5"
+    one, r1 = sft.tokenize_records(mixed, t, "alpaca", 128, seq2seq=seq2seq, num_proc=1)
+    two, r2 = sft.tokenize_records(mixed, t, "alpaca", 128, seq2seq=seq2seq, num_proc=2)
+    assert one.features == two.features and one.to_dict() == two.to_dict() and r1 == r2
+    assert r1.dropped > 0 or seq2seq  # dropped records are dropped the same way
+
+
+FORK_CHECK = """
+import os, sys, time
+import datasets
+from transformers import AutoTokenizer
+from llm4academic import sft
+from llm4academic.data.formats import load_file
+
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+ds = load_file(sys.argv[2], source="alpaca", on_invalid="skip")[0]
+tok.backend_tokenizer.encode_batch([r["output"] for r in ds.to_list()] * 4)  # the Rust thread pool is now in use
+sft.MIN_RECORDS_PER_PROC = 200
+t0 = time.perf_counter()
+two, _ = sft.tokenize_records(ds, tok, "alpaca", 512, num_proc=2)
+seconds = time.perf_counter() - t0
+one, _ = sft.tokenize_records(ds, tok, "alpaca", 512, num_proc=1)
+assert two.to_dict() == one.to_dict(), "2 processes differ from 1"
+print("ok", os.environ.get("TOKENIZERS_PARALLELISM"), round(seconds, 2))
+"""
+
+
+def test_forked_workers_after_the_parent_used_the_rust_thread_pool(tiny_models):
+    """The launcher's fork constraint, met: the parent has used tokenizers' thread pool (parallelism on), then forks
+    the map's workers — no deadlock (tokenizers 0.23 hangs a child that encodes in parallel after such a fork), no
+    "huggingface/tokenizers: The current process just got forked" warning (older versions), the same examples, and
+    the parent's TOKENIZERS_PARALLELISM as it was."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "true", "RAYON_NUM_THREADS": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_CHECK, str(tiny_models("llama")), str(ALPACA)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[:2] == ["ok", "true"]
+    assert "huggingface/tokenizers" not in proc.stdout + proc.stderr and "deadlock" not in proc.stderr
 
 
 def test_truncation_and_dropped_counts(tok):

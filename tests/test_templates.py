@@ -96,3 +96,11 @@ def test_dialogue_ending_with_a_user_turn_is_a_whole_prompt():
 def test_unknown_template_names_the_known_ones():
     with pytest.raises(ValueError, match="alpaca, belle, plain"):
         render(rec(), "vicuna")
+
+
+def test_fixed_starts_are_what_every_prompt_of_a_shape_begins_with():
+    no_input, with_input = (STANFORD_NO_INPUT.split("{instruction}")[0], STANFORD_INPUT.split("{instruction}")[0])
+    assert templates.fixed_starts("alpaca") == [with_input, no_input]  # longest first
+    dialogue = render(rec(conversation=DIALOGUE[1:]), "alpaca")[0][0]
+    assert dialogue.startswith(no_input) and render(rec(input_="x"), "alpaca")[0][0].startswith(with_input)
+    assert templates.fixed_starts("belle") == ["Human: "] and templates.fixed_starts("plain") == []

@@ -238,6 +238,11 @@ class TrainParams(_Strict):
     max_length: PositiveInt = 512
     packing: bool = Field(default=True, description="pack examples into rows (no attention across examples)")
     group_by_length: bool = Field(default=False, description="padding mode only: batches of similar length")
+    num_proc: PositiveInt | None = Field(
+        default=None,
+        description="processes that tokenise the mix (forked datasets.map workers, at least 5,000 records each); "
+        "None = every usable CPU",
+    )
     per_device_batch_size: PositiveInt = 4
     gradient_accumulation_steps: PositiveInt = 8
     learning_rate: PositiveFloat = 2e-5
