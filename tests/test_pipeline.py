@@ -108,7 +108,11 @@ def test_html_and_index_say_what_they_should(smoke_run):
     (aligned,) = m["align"]  # then DPO from the SFT checkpoint on hh-rlhf pairs, DDP on 2 CPU processes
     assert (aligned["model"], aligned["start"], aligned["steps"]) == ("tiny-llama-tuned-dpo", "tiny-llama-tuned", 20)
     assert aligned["distributed"]["distributed_type"] == "MULTI_CPU" and aligned["distributed"]["num_processes"] == 2
-    assert aligned["held_out_pairs"] > 20 and 0 <= aligned["dpo_accuracy"] <= 1 and aligned["gain_ci"][0] <= aligned["gain"]
+    assert (
+        aligned["held_out_pairs"] > 20
+        and 0 <= aligned["dpo_accuracy"] <= 1
+        and aligned["gain_ci"][0] <= aligned["gain"]
+    )
     assert (Path(aligned["final"]) / "model.safetensors").is_file() and 'id="align"' in index
     page = (run_dir / "03_align_dpo.html").read_text()
     for heading in ("DPO runs", "Preference pairs", "Curves", "Held-out pairs: start model vs DPO model"):
