@@ -88,14 +88,14 @@ class Sizes:
 
 FULL = Sizes(
     p1_records=20_000,
-    p1_repeats=3,
+    p1_repeats=5,
     profile=True,
     p2_seeds=5,
     p3_repeats=3,
     p3_steps=10,
     p3_loss_examples=32,
     p4_prompts=96,
-    p4_repeats=3,
+    p4_repeats=5,
     p5_args=(),
     p6_run=True,
 )
@@ -130,13 +130,17 @@ def rnd(x: float | None, nd: int = 4) -> float | None:
     return None if x is None else round(float(x), nd)
 
 
-def limit(value: float | None, name: str, what: str, *, of: str = "ratio", unit: str = "×") -> dict | None:
+def limit(
+    value: float | None, name: str, what: str, *, of: str = "ratio", unit: str = "×", share: float | None = None
+) -> dict | None:
     """A case's limit (what its ``of`` — ``"ratio"`` or ``"value"`` — could reach at best, e.g. the token-efficiency
-    bound), returned by ``run`` as ``"limit"``. The harness adds ``share`` (measured / limit) to the entry, the
-    metric ``share_of_limit`` (a goal may target it) and the table's "vs limit" cell. ``unit``: "×" or "%"."""
+    bound), returned by ``run`` as ``"limit"``. The harness adds ``share`` (measured / limit, unless the case gives
+    its own: the median of per-repeat shares, kit and limit timed in the same repeat) to the entry, the metric
+    ``share_of_limit`` (a goal may target it) and the table's "vs limit" cell. ``unit``: "×" or "%"."""
     if value is None:
         return None
-    return {"value": float(value), "name": name, "what": what, "of": of, "unit": unit}
+    out = {"value": float(value), "name": name, "what": what, "of": of, "unit": unit}
+    return out | ({"share": float(share)} if share is not None else {})
 
 
 def fmt_limit(lim: dict | None) -> str:

@@ -93,7 +93,9 @@ def _limit(body: dict) -> tuple[dict | None, float | None]:
     if not lim:
         return None, None
     measured = body.get(lim.get("of", "ratio"))
-    share = measured / lim["value"] if measured is not None and lim["value"] else None
+    share = lim.get("share")  # the case's own (e.g. the median of per-repeat shares), else measured / limit
+    if share is None:
+        share = measured / lim["value"] if measured is not None and lim["value"] else None
     return {**lim, "value": rnd(lim["value"]), "share": rnd(share)}, share
 
 

@@ -162,6 +162,7 @@ def run(ctx: Context, sz: Sizes) -> dict:
             "raw encode_batch",
             "the tokenizer's raw Rust batch call on the rendered full texts (the faster of encode_batch_fast and "
             "encode_batch in each repeat), ids read out, one process, one thread: its speed-up over stanford's",
+            share=median(per["share_of_bare"]),  # kit vs the raw call of the same repeat
         ),
         "metrics": {
             "speedup_vs_baseline": median(per["speedup_vs_baseline"]),
