@@ -80,12 +80,13 @@ def test_the_kits_dpo_loss_is_the_formula_computed_by_hand(tmp_path):
 
 @pytest.mark.slow
 def test_a_few_pairs_are_learnt_past_ninety_percent_reward_accuracy(tmp_path):
-    params = load_params(study(tmp_path, max_steps=40, learning_rate=1e-2, per_device_batch_size=8, beta=0.1))
+    short = {"max_length": 192, "max_prompt_length": 128}
+    params = load_params(study(tmp_path, max_steps=25, learning_rate=2e-2, per_device_batch_size=8, beta=0.1, **short))
     rows, tok = tokenised(params, 8)
     trainer = trainer_on(params, RunDir(tmp_path / "run"), rows, tmp_path)
-    before = preference.reply_logps(trainer.model, rows, 384, tok.eos_token_id, ref=trainer.ref_model)
+    before = preference.reply_logps(trainer.model, rows, 192, tok.eos_token_id, ref=trainer.ref_model)
     trainer.train()
-    after = preference.reply_logps(trainer.model, rows, 384, tok.eos_token_id, ref=trainer.ref_model)
+    after = preference.reply_logps(trainer.model, rows, 192, tok.eos_token_id, ref=trainer.ref_model)
     reward = lambda lp: (lp.logp_chosen - lp.ref_logp_chosen) - (lp.logp_rejected - lp.ref_logp_rejected)  # noqa: E731
     assert (reward(before) > 0).mean() < 0.9  # the start model does not already prefer them
     assert (reward(after) > 0).mean() > 0.9
@@ -144,23 +145,33 @@ def test_sft_start_needs_the_sft_checkpoint(tmp_path):
         align.start_of(params, params.model("tiny-llama"), RunDir(tmp_path / "run"))
 
 
-def run_launch(params_path, run_dir, overrides=(), stop_after=None) -> dict:
-    """``align.launch`` in a fresh Python process, as a notebook kernel runs it."""
+def start_launch(params_path, run_dir, overrides=(), stop_after=None) -> subprocess.Popen:
+    """``align.launch`` in a fresh Python process, as a notebook kernel runs it (``finish`` waits for it)."""
     code = (
         "import json, sys; from llm4academic import align; a = json.loads(sys.argv[1]); "
         "r = align.launch(a['p'], a['d'], 'tiny-llama', a['o'], stop_after=a['s']); print('RESULT=' + json.dumps(r))"
     )
     arg = json.dumps({"p": params_path, "d": str(run_dir), "o": list(overrides), "s": stop_after})
-    out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return json.loads(next(x for x in out.stdout.splitlines() if x.startswith("RESULT="))[7:])
+    return subprocess.Popen(
+        [sys.executable, "-c", code, arg], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
+
+
+def finish(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return json.loads(next(x for x in out.splitlines() if x.startswith("RESULT="))[7:])
+
+
+def run_launch(params_path, run_dir, overrides=(), stop_after=None) -> dict:
+    return finish(start_launch(params_path, run_dir, overrides, stop_after))
 
 
 @pytest.mark.slow
 def test_a_stopped_run_resumes_to_the_uninterrupted_loss(tmp_path):
     p = study(tmp_path)
-    whole = run_launch(p, tmp_path / "whole")
-    stopped = run_launch(p, tmp_path / "parts", stop_after=3)
+    runs = [start_launch(p, tmp_path / "whole"), start_launch(p, tmp_path / "parts", stop_after=3)]  # side by side
+    whole, stopped = map(finish, runs)
     assert "final" not in stopped and RunDir(tmp_path / "parts").align_checkpoints("tiny-llama-dpo")
     resumed = run_launch(p, tmp_path / "parts")
     assert resumed["steps"] == whole["steps"] == 6
