@@ -199,3 +199,29 @@ def git_info() -> dict[str, Any]:
     sha = git("rev-parse", "HEAD")
     status = git("status", "--porcelain") if sha else None
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def length_runs(
+    lengths, *, run_cost: float, extra: int = 0, max_rows: int | None = None, budget: float | None = None
+) -> list[list[int]]:
+    """Indices of ``lengths`` cut into runs of their length order (longest first, ties in input order) — batches
+    whose rows share a length. Each run is padded to its first (longest) row, plus ``extra`` positions per row; the
+    cut minimises the padded positions of all runs + ``run_cost`` per run (dynamic programming), with at most
+    ``max_rows`` rows per run and, for runs of more than one row, at most ``budget`` padded positions. Generation
+    batches, prefill groups and judge batches are cut this way."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    best, cut = [0.0] + [float("inf")] * len(order), [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        lowest = max(j - max_rows, 0) if max_rows else 0
+        for i in range(j - 1, lowest - 1, -1):  # order[i:j] in one run, as wide as order[i]
+            size = (j - i) * (lengths[order[i]] + extra)  # grows as i falls
+            alone = run_cost + size
+            if i < j - 1 and ((budget is not None and size > budget) or alone >= best[j]):
+                break
+            if best[i] + alone < best[j]:
+                best[j], cut[j] = best[i] + alone, i
+    runs, j = [], len(order)
+    while j:
+        runs.append(order[cut[j] : j])
+        j = cut[j]
+    return runs[::-1]

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from . import sft
 from .answer_cache import Appender, cache_file, cache_key, directory_identity, read_cache, warn_if_damaged
-from .base import KitError
+from .base import KitError, length_runs
 from .config import BACKENDS, ModelParams
 from .models import load_tokenizer, model_card, resolve_model_path
 from .runners import RUNNERS, GenParams, _import_vllm  # GenParams lives with the runners; callers import it here
@@ -137,24 +137,12 @@ def length_batches(
     more memory than the first batch) and at most ``4 × batch_size`` rows; among those splits, the one with the fewest
     padded cache positions + ``batch_positions`` per batch (dynamic programming): short prompts share larger batches,
     and a batch is cut where its padding would cost more than one more batch."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    if not order:
+    if not lengths:
         return []
-    budget, most = batch_size * (lengths[order[0]] + new_tokens), 4 * batch_size
-    best, cut = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        for i in range(j - 1, max(j - most, 0) - 1, -1):  # order[i:j] in one batch, as wide as order[i]
-            width = lengths[order[i]] + new_tokens
-            alone = batch_positions + (j - i) * width  # grows as i falls
-            if i < j - 1 and ((j - i) * width > budget or alone >= best[j]):
-                break
-            if best[i] + alone < best[j]:
-                best[j], cut[j] = best[i] + alone, i
-    batches, j = [], len(order)
-    while j:
-        batches.append(order[cut[j] : j])
-        j = cut[j]
-    return batches[::-1]
+    longest = max(lengths) + new_tokens
+    return length_runs(
+        lengths, run_cost=batch_positions, extra=new_tokens, max_rows=4 * batch_size, budget=batch_size * longest
+    )
 
 
 def item_seed(seed: int, text: str) -> int:

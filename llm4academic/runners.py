@@ -39,7 +39,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from .base import KitError
+from .base import KitError, length_runs
 from .config import ModelParams
 from .models import load_model, resolve_model_path
 
@@ -199,20 +199,7 @@ def prefill_groups(lengths: Sequence[int], call_tokens: int = PREFILL_CALL_TOKEN
     runs of the length order, each padded to its first (longest) row, chosen to minimise padded tokens +
     ``call_tokens`` per forward call (an exact-length run pads nothing; a prompt far from its neighbours gets its own
     call). Dynamic programming over the runs."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    best, cut = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        for i in range(j - 1, -1, -1):  # order[i:j] in one call, padded to lengths[order[i]]
-            alone = call_tokens + (j - i) * lengths[order[i]]
-            if alone >= best[j]:  # grows as i falls: no longer run can do better
-                break
-            if best[i] + alone < best[j]:
-                best[j], cut[j] = best[i] + alone, i
-    groups, j = [], len(order)
-    while j:
-        groups.append(order[cut[j] : j])
-        j = cut[j]
-    return groups[::-1]
+    return length_runs(lengths, run_cost=call_tokens)
 
 
 def _direct_decoding(model) -> bool:

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ..base import length_runs
 from ..models import load_causal_lm
 from ..zbench import PROVENANCE
 from .tables import FALLBACK_MODEL, SCORE_COLUMNS, ScoringError, answer_items
@@ -241,23 +242,9 @@ def _batches(lengths: Sequence[int], rows: int, call_tokens: int) -> list[list[i
     """Indices in batches of near-equal length: runs of the length order (longest first), at most ``rows`` ×
     the run's longest row in tokens and at most ``4 × rows`` rows, split to minimise padded tokens + ``call_tokens``
     per forward call (dynamic programming, as ``runners.prefill_groups``)."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    if not order:
+    if not lengths:
         return []
-    budget = rows * lengths[order[0]]
-    best, cut = [0] + [float("inf")] * len(order), [0] * (len(order) + 1)
-    for j in range(1, len(order) + 1):
-        for i in range(j - 1, max(j - 4 * rows, 0) - 1, -1):
-            alone = call_tokens + (j - i) * lengths[order[i]]  # grows as i falls
-            if i < j - 1 and ((j - i) * lengths[order[i]] > budget or alone >= best[j]):
-                break
-            if best[i] + alone < best[j]:
-                best[j], cut[j] = best[i] + alone, i
-    out, j = [], len(order)
-    while j:
-        out.append(order[cut[j] : j])
-        j = cut[j]
-    return out[::-1]
+    return length_runs(lengths, run_cost=call_tokens, max_rows=4 * rows, budget=rows * max(lengths))
 
 
 def _in_chunks(fn: Callable[[list], list], items: list, bar, size: int = 64) -> Iterable:
