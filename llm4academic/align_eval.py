@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import models, preference
+from . import align, models, preference
 from .base import write_json
 from .config import load_params
 from .rundir import DPO_SUFFIX, RunDir, lineage
@@ -32,8 +32,7 @@ def held_out(params_path, run_dir, overrides=()) -> pd.DataFrame:
     gen = GenParams(max_new_tokens=ap.example_max_new_tokens, seed=params.seed, batch_size=ap.eval_batch_size)
     for entry in rd.read_align_index():
         base = params.model(entry["base"])
-        start = entry["start"]
-        smp = base if start == base.name else base.model_copy(update={"name": start, "path": _sft_path(rd, base.name)})
+        start, smp = align.start_of(params, base, rd)  # the very model the DPO run started from
         dmp = base.model_copy(update={"name": entry["model"], "path": entry["final"]})
         tokenizer = models.load_tokenizer(dmp)
         template = base.template or models.model_card(base).template
@@ -67,11 +66,6 @@ def held_out(params_path, run_dir, overrides=()) -> pd.DataFrame:
     tmp.replace(rd.align_held_out)
     write_json(rd.align_examples, examples)
     return table
-
-
-def _sft_path(rd: RunDir, base: str) -> str:
-    entry = next(e for e in rd.read_checkpoint_index() if e.get("model") == base)
-    return entry["final"]
 
 
 def examples_html(run_dir) -> str:

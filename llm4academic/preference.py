@@ -13,7 +13,6 @@ import math
 import os
 import shutil
 from collections import Counter
-from pathlib import Path
 
 import datasets
 import numpy as np
@@ -245,12 +244,3 @@ def paired_gain(start: pd.DataFrame, dpo: pd.DataFrame, seed: int, key: str, n_b
     )
     mean, lo, hi = bootstrap_ci(diff, n_boot=n_boot, rng=group_rng(seed, key, "gain"))
     return {"gain": mean, "gain_ci_low": lo, "gain_ci_high": hi, "separated": bool(lo > 0 or hi < 0)}
-
-
-def rows_of(ds: datasets.Dataset) -> list[dict]:
-    return ds.to_list()
-
-
-def dataset_files(path: Path) -> list[Path]:
-    """The Arrow files of a saved dataset (what its fingerprint hashes)."""
-    return sorted(path.rglob("*.arrow"))

@@ -356,6 +356,14 @@ def _tree(pid: int) -> set[int]:
         found |= more
 
 
+def _assert_gone(tree: set[int], wait_s: float = 10) -> None:
+    """Every process of ``tree`` ends within ``wait_s`` seconds."""
+    t0 = time.monotonic()
+    while _alive(tree) and time.monotonic() - t0 < wait_s:
+        time.sleep(0.2)
+    assert not _alive(tree), f"still running: {_alive(tree)}"
+
+
 def _alive(pids: set[int]) -> set[int]:
     out = set()
     for pid in pids:
@@ -427,10 +435,7 @@ def test_signals_stop_the_study_and_every_process(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    t0 = time.monotonic()
-    while _alive(tree) and time.monotonic() - t0 < 10:
-        time.sleep(0.2)
-    assert not _alive(tree), f"still running: {_alive(tree)}"
+    _assert_gone(tree)
     assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM: study stopped during notebook 02_train_fsdp" in err
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "interrupted" and m["notebooks"][1]["status"] == "interrupted"
@@ -447,10 +452,7 @@ def test_signals_stop_the_study_and_every_process(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    t0 = time.monotonic()
-    while _alive(tree) and time.monotonic() - t0 < 10:
-        time.sleep(0.2)
-    assert not _alive(tree), f"still running: {_alive(tree)}"
+    _assert_gone(tree)
     assert proc.returncode == 128 + signal.SIGINT and "SIGINT: study stopped" in err
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "interrupted" and [nb["status"] for nb in m["notebooks"]] == ["ok", "interrupted"]
