@@ -2,6 +2,7 @@
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -84,7 +85,12 @@ def test_quick_run_checks_correctness_alongside_speed(quick):
     for cid in ("P1", "P2", "P3", "P4"):  # measured against their limit: the share is in the entry and in the metrics
         lim = c[cid]["limit"]
         assert lim["name"] and lim["value"] > 0 and lim["share"] == pytest.approx(c[cid]["metrics"]["share_of_limit"])
-        assert lim["share"] == pytest.approx(c[cid][lim["of"]] / lim["value"], rel=1e-3)
+        if cid == "P1":  # P1's share is the median of per-repeat shares (kit vs the raw call of the same repeat)
+            sec = c[cid]["raw"]["seconds"]
+            per = [b / k for b, k in zip(sec["bare"], sec["kit"], strict=True)]
+            assert lim["share"] == pytest.approx(statistics.median(per), rel=2e-2)
+        else:  # the others: the measured ratio (or value) over the limit
+            assert lim["share"] == pytest.approx(c[cid][lim["of"]] / lim["value"], rel=1e-3)
     assert "share_of_limit" in {g["metric"] for g in c["P3"]["goals"]}
     assert c["P3"]["raw"]["packed"]["peak_rss_mb"] > 0
     assert c["P4"]["checks"]["outputs_identical"] is True
