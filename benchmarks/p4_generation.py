@@ -1,4 +1,5 @@
-"""P4: Z-Bench generation (prompts spread over the 311, tiny LLaMA, greedy, 32 new tokens): the kit's batches
+"""P4: Z-Bench generation (all 311 prompts in the full run — what ``evaluate`` answers —, an even spread of them in
+``--quick``; tiny LLaMA, greedy, 32 new tokens): the kit's batches
 (``generate.length_batches``: near-equal lengths, variable sizes within the cache of ``batch_size`` rows of the
 longest prompt) through ``TransformersRunner`` (its own loop: length-bucketed prefill, preallocated cache), against
 one prompt at a time through plain ``model.generate`` (stanford_alpaca's way); the outputs must be identical. Also
@@ -7,6 +8,7 @@ run's prompt pass alone (the limit: the batched run if decoding cost nothing bey
 
 from __future__ import annotations
 
+import gc
 import time
 
 import torch
@@ -86,9 +88,6 @@ def run(ctx: Context, sz: Sizes) -> dict:
     lengths = [len(x) for x in ids]
     batches = length_batches(lengths, gen.batch_size, gen.max_new_tokens)  # what generate_answers uses
     fixed = [sorted(range(len(ids)), key=lambda i: (-lengths[i], i))[k : k + 16] for k in range(0, len(ids), 16)]
-    with torch.inference_mode():
-        runner.run([ids[0]], [0])  # warm-up
-        one_at_a_time(runner, ids[0])
 
     per_batch: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
 
@@ -120,18 +119,33 @@ def run(ctx: Context, sz: Sizes) -> dict:
         "before": lambda: batched(runner.run_generate, fixed, None),  # the kit's path before: generate, 16 a batch
         "prompt_pass": lambda: batched(prompt_pass.run, batches, None),  # the limit: the prompts alone
     }
+    warm = {}
+    for name, fn in plan.items():  # one untimed pass of every path first: allocator, caches, first-call costs
+        ctx.progress(f"  P4 warm-up: {name}, {len(ids)} prompts …")
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            fn()
+        warm[name] = time.perf_counter() - t0
+    # equal windows: a repeat times each path over as many back-to-back passes as fill the one-at-a-time pass's time
+    # (the per-pass mean), so a burst of load on this shared machine weighs on every path alike, not on the short one
+    passes = {name: max(1, round(warm["one_at_a_time"] / t)) for name, t in warm.items()}
     times: dict[str, list[float]] = {k: [] for k in plan}
     cpu: dict[str, list[float]] = {k: [] for k in plan}
     results: dict[str, list] = {k: [] for k in plan}
     for r in range(sz.p4_repeats):
         for name, fn in plan.items():
-            ctx.progress(f"  P4 repeat {r + 1}/{sz.p4_repeats}: {name}, {len(ids)} prompts …")
-            c0, t0 = time.process_time(), time.perf_counter()
-            with torch.inference_mode():
-                out = fn()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)
-            results[name].append(out)
+            ctx.progress(f"  P4 repeat {r + 1}/{sz.p4_repeats}: {name}, {len(ids)} prompts × {passes[name]} …")
+            gc.collect()
+            gc.disable()  # as timeit does: no collector pauses inside a timed pass
+            try:
+                c0, t0 = time.process_time(), time.perf_counter()
+                with torch.inference_mode():
+                    outs = [fn() for _ in range(passes[name])]
+                times[name].append((time.perf_counter() - t0) / passes[name])
+                cpu[name].append((time.process_time() - c0) / passes[name])
+            finally:
+                gc.enable()
+            results[name].extend(outs)
     profiled = generation_profile(runner, [ids[j] for j in batches[0]]) if sz.profile else None
     reference = results["one_at_a_time"][0]
     identical = all(o == reference for k in ("batched", "one_at_a_time", "before") for o in results[k])
@@ -163,6 +177,8 @@ def run(ctx: Context, sz: Sizes) -> dict:
             "batch_size": gen.batch_size,
             "batching": "generate.length_batches: near-equal lengths, at most batch_size rows of the longest prompt's "
             "cache, prefill bucketed by runners.prefill_groups",
+            "warm_up": "one untimed pass of every timed path first; the garbage collector off while timing",
+            "passes_per_repeat": passes,  # each path's time per repeat: the mean over these back-to-back passes
             "direct_decoding": runner.direct,
             "batches": len(batches),
             "batch_rows": [len(b) for b in batches],
