@@ -89,66 +89,75 @@ def run(ctx: Context, sz: Sizes) -> dict:
     batches = length_batches(lengths, gen.batch_size, gen.max_new_tokens)  # what generate_answers uses
     fixed = [sorted(range(len(ids)), key=lambda i: (-lengths[i], i))[k : k + 16] for k in range(0, len(ids), 16)]
 
-    per_batch: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}
+    def single(batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
+        return [one_at_a_time(runner, x) for x in batch]
 
-    def batched(run_batch=runner.run, groups=batches, key="batched"):
-        out = [None] * len(ids)
-        if key:
-            per_batch[key].clear()
-        for bt in groups:
-            t0 = time.perf_counter()
-            for j, o in zip(bt, run_batch([ids[j] for j in bt], [0] * len(bt)), strict=True):
-                out[j] = o
-            if key:
-                per_batch[key].append(time.perf_counter() - t0)
-        return out
-
-    def single():  # the same prompts in the same groups, so each group's time can be compared
-        out = [None] * len(ids)
-        per_batch["one_at_a_time"].clear()
-        for bt in batches:
-            t0 = time.perf_counter()
-            for j in bt:
-                out[j] = one_at_a_time(runner, ids[j])
-            per_batch["one_at_a_time"].append(time.perf_counter() - t0)
-        return out
-
+    # Paths and their slots: slot i holds the length batch i (the previous path: an equal share of its fixed groups).
+    # A repeat runs slot 0 of every path, then slot 1, …: paired measurements half a second apart, so a slow spell of
+    # this shared machine lands on every path alike rather than on whichever ran in it.
+    cut = [round(i * len(fixed) / len(batches)) for i in range(len(batches) + 1)]
     plan = {
-        "batched": batched,
-        "one_at_a_time": single,
-        "before": lambda: batched(runner.run_generate, fixed, None),  # the kit's path before: generate, 16 a batch
-        "prompt_pass": lambda: batched(prompt_pass.run, batches, None),  # the limit: the prompts alone
+        "batched": (runner.run, [[bt] for bt in batches]),
+        "one_at_a_time": (single, [[bt] for bt in batches]),
+        "before": (runner.run_generate, [fixed[a:b] for a, b in zip(cut, cut[1:], strict=False)]),  # generate, 16s
+        "prompt_pass": (prompt_pass.run, [[bt] for bt in batches]),  # the limit: the prompts alone
     }
-    warm = {}
-    for name, fn in plan.items():  # one untimed pass of every path first: allocator, caches, first-call costs
-        ctx.progress(f"  P4 warm-up: {name}, {len(ids)} prompts …")
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            fn()
-        warm[name] = time.perf_counter() - t0
-    # equal windows: a repeat times each path over as many back-to-back passes as fill the one-at-a-time pass's time
-    # (the per-pass mean), so a burst of load on this shared machine weighs on every path alike, not on the short one
+
+    def run_slot(name: str, i: int, out: list) -> None:
+        fn, slots = plan[name]
+        for group in slots[i]:
+            for j, o in zip(group, fn([ids[j] for j in group], [0] * len(group)), strict=True):
+                out[j] = o
+
+    def timed(name: str, i: int, reps: int, out: list) -> tuple[float, float, bool]:
+        """Slot ``i`` of path ``name`` run ``reps`` times back to back: mean wall and CPU seconds per pass, and
+        whether every pass gave the same outputs."""
+        first = None
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(reps):
+            run_slot(name, i, out)
+            first = first or [out[j] for g in plan[name][1][i] for j in g]
+        wall, cpu_s = (time.perf_counter() - t0) / reps, (time.process_time() - c0) / reps
+        return wall, cpu_s, first == [out[j] for g in plan[name][1][i] for j in g]
+
+    warm = dict.fromkeys(plan, 0.0)
+    ctx.progress(f"  P4 warm-up: every path once, {len(ids)} prompts …")
+    with torch.inference_mode():  # one untimed pass of every path first: allocator, caches, first-call costs
+        for i in range(len(batches)):
+            for name in plan:
+                warm[name] += timed(name, i, 1, [None] * len(ids))[0]
+    # equal windows: each path's slot runs as many passes as fill the one-at-a-time slot (its time: the mean)
     passes = {name: max(1, round(warm["one_at_a_time"] / t)) for name, t in warm.items()}
     times: dict[str, list[float]] = {k: [] for k in plan}
     cpu: dict[str, list[float]] = {k: [] for k in plan}
     results: dict[str, list] = {k: [] for k in plan}
+    per_batch: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}  # the last repeat's, by length batch
+    passes_agree = True
     for r in range(sz.p4_repeats):
-        for name, fn in plan.items():
-            ctx.progress(f"  P4 repeat {r + 1}/{sz.p4_repeats}: {name}, {len(ids)} prompts × {passes[name]} …")
-            gc.collect()
-            gc.disable()  # as timeit does: no collector pauses inside a timed pass
-            try:
-                c0, t0 = time.process_time(), time.perf_counter()
-                with torch.inference_mode():
-                    outs = [fn() for _ in range(passes[name])]
-                times[name].append((time.perf_counter() - t0) / passes[name])
-                cpu[name].append((time.process_time() - c0) / passes[name])
-            finally:
-                gc.enable()
-            results[name].extend(outs)
+        ctx.progress(f"  P4 repeat {r + 1}/{sz.p4_repeats}: {len(batches)} slots × {len(plan)} paths …")
+        wall, proc = dict.fromkeys(plan, 0.0), dict.fromkeys(plan, 0.0)
+        outs = {name: [None] * len(ids) for name in plan}
+        for key in per_batch:
+            per_batch[key].clear()
+        gc.collect()
+        gc.disable()  # as timeit does: no collector pauses inside the timed passes
+        try:
+            with torch.inference_mode():
+                for i in range(len(batches)):
+                    for name in plan:
+                        w, c, same = timed(name, i, passes[name], outs[name])
+                        wall[name], proc[name], passes_agree = wall[name] + w, proc[name] + c, passes_agree and same
+                        if name in per_batch:
+                            per_batch[name].append(w)
+        finally:
+            gc.enable()
+        for name in plan:
+            times[name].append(wall[name])
+            cpu[name].append(proc[name])
+            results[name].append(outs[name])
     profiled = generation_profile(runner, [ids[j] for j in batches[0]]) if sz.profile else None
     reference = results["one_at_a_time"][0]
-    identical = all(o == reference for k in ("batched", "one_at_a_time", "before") for o in results[k])
+    identical = passes_agree and all(o == reference for k in ("batched", "one_at_a_time", "before") for o in results[k])
     new_tokens = sum(len(x) for x, _ in reference)
 
     def ratios(over: str, under: str, clock=times) -> list[float]:
@@ -178,7 +187,9 @@ def run(ctx: Context, sz: Sizes) -> dict:
             "batching": "generate.length_batches: near-equal lengths, at most batch_size rows of the longest prompt's "
             "cache, prefill bucketed by runners.prefill_groups",
             "warm_up": "one untimed pass of every timed path first; the garbage collector off while timing",
-            "passes_per_repeat": passes,  # each path's time per repeat: the mean over these back-to-back passes
+            "interleaving": "by length batch: batch i of every path, then batch i + 1 (the previous path: an equal "
+            "share of its fixed batches)",
+            "passes_per_repeat": passes,  # each path's time per batch: the mean over these back-to-back passes
             "direct_decoding": runner.direct,
             "batches": len(batches),
             "batch_rows": [len(b) for b in batches],
