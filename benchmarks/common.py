@@ -131,16 +131,19 @@ def rnd(x: float | None, nd: int = 4) -> float | None:
 
 
 def limit(
-    value: float | None, name: str, what: str, *, of: str = "ratio", unit: str = "×", share: float | None = None
+    value: float | None, name: str, what: str, *, of: str = "ratio", unit: str = "×", shares: list[float] | None = None
 ) -> dict | None:
     """A case's limit (what its ``of`` — ``"ratio"`` or ``"value"`` — could reach at best, e.g. the token-efficiency
     bound), returned by ``run`` as ``"limit"``. The harness adds ``share`` (measured / limit, unless the case gives
-    its own: the median of per-repeat shares, kit and limit timed in the same repeat) to the entry, the metric
-    ``share_of_limit`` (a goal may target it) and the table's "vs limit" cell. ``unit``: "×" or "%"."""
+    per-repeat ``shares``, kit and limit timed in the same repeat: then their median, the shares kept as
+    ``per_repeat``) to the entry, the metric ``share_of_limit`` (a goal may target it) and the table's "vs limit"
+    cell. ``unit``: "×" or "%"."""
     if value is None:
         return None
     out = {"value": float(value), "name": name, "what": what, "of": of, "unit": unit}
-    return out | ({"share": float(share)} if share is not None else {})
+    if shares:
+        out |= {"share": float(median(shares)), "per_repeat": [round(float(x), 4) for x in shares]}
+    return out
 
 
 def fmt_limit(lim: dict | None) -> str:

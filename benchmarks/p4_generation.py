@@ -112,13 +112,14 @@ def run(ctx: Context, sz: Sizes) -> dict:
     def timed(name: str, i: int, reps: int, out: list) -> tuple[float, float, bool]:
         """Slot ``i`` of path ``name`` run ``reps`` times back to back: mean wall and CPU seconds per pass, and
         whether every pass gave the same outputs."""
-        first = None
+        rows = [j for group in plan[name][1][i] for j in group]
+        passes = []
         c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(reps):
             run_slot(name, i, out)
-            first = first or [out[j] for g in plan[name][1][i] for j in g]
+            passes.append([out[j] for j in rows])
         wall, cpu_s = (time.perf_counter() - t0) / reps, (time.process_time() - c0) / reps
-        return wall, cpu_s, first == [out[j] for g in plan[name][1][i] for j in g]
+        return wall, cpu_s, all(p == passes[0] for p in passes)
 
     warm = dict.fromkeys(plan, 0.0)
     ctx.progress(f"  P4 warm-up: every path once, {len(ids)} prompts …")
