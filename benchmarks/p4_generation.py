@@ -16,7 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from llm4academic.generate import GenParams, fit_prompt, length_batches, prompt_ids, zbench_record
 from llm4academic.models import model_card
-from llm4academic.runners import TransformersRunner
+from llm4academic.runners import TransformersRunner, _finish
 from llm4academic.sft import framing
 from llm4academic.zbench import load_zbench
 
@@ -33,8 +33,7 @@ CASE = Case(
 def one_at_a_time(runner, ids: list[int]) -> tuple[list[int], str]:
     """The baseline: plain ``model.generate`` on one unpadded prompt (the runner's generation settings)."""
     out = runner.model.generate(input_ids=torch.tensor([ids], device=runner.device), generation_config=runner.config)
-    new = out[0, len(ids) :].tolist()
-    return (new[: new.index(runner.eos) + 1], "eos") if runner.eos in new else (new, "length")
+    return _finish(out[0, len(ids) :].tolist(), runner.eos)
 
 
 def generation_profile(runner, batch: list[list[int]]) -> dict:

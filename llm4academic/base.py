@@ -201,6 +201,28 @@ def git_info() -> dict[str, Any]:
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` off Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_num_proc(num_proc: int | None) -> int:
+    """``None`` = every usable CPU; at least 1."""
+    return max(1, usable_cpus() if num_proc is None else int(num_proc))
+
+
+def cache_batches(lengths, rows: int, run_cost: float, new_tokens: int = 0) -> list[list[int]]:
+    """``length_runs`` for batches bounded by a cache: at most ``rows`` rows of the longest length (+ ``new_tokens``)
+    in padded positions, at most ``4 × rows`` rows, ``run_cost`` per batch. Generation and the judge batch this way."""
+    if not lengths:
+        return []
+    budget = rows * (max(lengths) + new_tokens)
+    return length_runs(lengths, run_cost=run_cost, extra=new_tokens, max_rows=4 * rows, budget=budget)
+
+
 def length_runs(
     lengths, *, run_cost: float, extra: int = 0, max_rows: int | None = None, budget: float | None = None
 ) -> list[list[int]]:

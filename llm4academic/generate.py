@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from . import sft
 from .answer_cache import Appender, cache_file, cache_key, directory_identity, read_cache, warn_if_damaged
-from .base import KitError, length_runs
+from .base import KitError, cache_batches
 from .config import BACKENDS, ModelParams
 from .models import load_tokenizer, model_card, resolve_model_path
 from .runners import RUNNERS, GenParams, _import_vllm  # GenParams lives with the runners; callers import it here
@@ -137,12 +137,7 @@ def length_batches(
     more memory than the first batch) and at most ``4 × batch_size`` rows; among those splits, the one with the fewest
     padded cache positions + ``batch_positions`` per batch (dynamic programming): short prompts share larger batches,
     and a batch is cut where its padding would cost more than one more batch."""
-    if not lengths:
-        return []
-    longest = max(lengths) + new_tokens
-    return length_runs(
-        lengths, run_cost=batch_positions, extra=new_tokens, max_rows=4 * batch_size, budget=batch_size * longest
-    )
+    return cache_batches(lengths, batch_size, batch_positions, new_tokens)
 
 
 def item_seed(seed: int, text: str) -> int:

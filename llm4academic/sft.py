@@ -28,7 +28,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-from .base import KitError
+from .base import KitError, resolve_num_proc
 from .templates import fixed_starts, get_template, render
 
 IGNORE_INDEX = -100
@@ -309,12 +309,7 @@ MIN_RECORDS_PER_PROC = 5_000  # a worker costs ~0.1 s to start and to hand its s
 def worker_count(records: int, num_proc: int | None = None) -> int:
     """Processes ``tokenize_records`` uses for ``records``: ``num_proc`` (None = every usable CPU), but at least
     ``MIN_RECORDS_PER_PROC`` records each, so that a small mix is tokenised in this process."""
-    if num_proc is None:
-        try:
-            num_proc = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            num_proc = os.cpu_count() or 1
-    return max(1, min(int(num_proc), records // MIN_RECORDS_PER_PROC))
+    return max(1, min(resolve_num_proc(num_proc), records // MIN_RECORDS_PER_PROC))
 
 
 @contextmanager

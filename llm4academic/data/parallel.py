@@ -10,25 +10,14 @@ forking is safe even after the parent used them. Where ``fork`` is not available
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 from collections.abc import Callable
 from typing import Any
+
+from ..base import resolve_num_proc
 
 MIN_PARALLEL = 50_000  # fewer items than this run in the calling process: a pool costs more than it saves
 SHARD = 25_000  # items per shard (bounds a worker's memory and the size of a result in transit)
 _STATE: dict[str, Any] = {}
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def resolve_num_proc(num_proc: int | None) -> int:
-    """``None`` = every usable CPU; at least 1."""
-    return max(1, usable_cpus() if num_proc is None else int(num_proc))
 
 
 def shards(n: int, size: int = SHARD) -> list[tuple[int, int]]:

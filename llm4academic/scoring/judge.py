@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..base import length_runs
+from ..base import cache_batches
 from ..models import load_causal_lm
 from ..zbench import PROVENANCE
 from .tables import FALLBACK_MODEL, SCORE_COLUMNS, ScoringError, answer_items
@@ -88,9 +88,6 @@ class Judge:
         self.keeps_logits = "logits_to_keep" in inspect.signature(self.model.forward).parameters
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad = 0 if pad is None else pad  # only ever after a row's real tokens: never attended
-
-    def _encode(self, text: str, special: bool = True) -> list[int]:
-        return self._encode_many([text], special)[0]
 
     def _encode_many(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
         """The ids of each text (one tokenizer call), without the EOS a tokenizer appends (the prompt continues)."""
@@ -242,9 +239,7 @@ def _batches(lengths: Sequence[int], rows: int, call_tokens: int) -> list[list[i
     """Indices in batches of near-equal length: runs of the length order (longest first), at most ``rows`` ×
     the run's longest row in tokens and at most ``4 × rows`` rows, split to minimise padded tokens + ``call_tokens``
     per forward call (dynamic programming, as ``runners.prefill_groups``)."""
-    if not lengths:
-        return []
-    return length_runs(lengths, run_cost=call_tokens, max_rows=4 * rows, budget=rows * max(lengths))
+    return cache_batches(lengths, rows, call_tokens)
 
 
 def _in_chunks(fn: Callable[[list], list], items: list, bar, size: int = 64) -> Iterable:
