@@ -152,17 +152,19 @@ def write_params(
     return path
 
 
-def launch_child(params: Path, run_dir: Path, stop_after: int | None = None, timeout: float = 3600) -> dict:
-    """``train.launch`` in a fresh Python process (a parent that ran torch compute is no safe fork point for
-    notebook_launcher); its output goes to stderr. Returns the run's summary."""
+def _child(call: str, args: dict, what: str, timeout: float) -> dict:
+    """``call`` (an expression over ``a``, the JSON ``args``) in a fresh Python process (a parent that ran torch
+    compute is no safe fork point for notebook_launcher); its output goes to stderr. Returns what the call returned."""
     code = (
-        "import json, sys; from llm4academic import train; a = json.loads(sys.argv[1]); "
-        "r = train.launch(a['params'], a['run_dir'], a['model'], stop_after=a['stop_after']); "
-        "print('RESULT=' + json.dumps(r, default=str), flush=True)"
+        "import json, sys; from llm4academic import align, train; a = json.loads(sys.argv[1]); "
+        f"r = {call}; print('RESULT=' + json.dumps(r, default=str), flush=True)"
     )
-    args = json.dumps({"params": str(params), "run_dir": str(run_dir), "model": MODEL, "stop_after": stop_after})
     proc = subprocess.run(
-        [sys.executable, "-c", code, args], stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=os.getcwd()
+        [sys.executable, "-c", code, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=timeout,
+        cwd=os.getcwd(),
     )
     result = None
     for line in proc.stdout.splitlines():
@@ -171,25 +173,23 @@ def launch_child(params: Path, run_dir: Path, stop_after: int | None = None, tim
         else:
             print(line, file=sys.stderr, flush=True)
     if proc.returncode != 0 or result is None:
-        raise KitError(f"training {MODEL} ({run_dir}) failed with exit code {proc.returncode}; its output is above")
+        raise KitError(
+            f"{what} of {MODEL} ({args['run_dir']}) failed with exit code {proc.returncode}; its output is above"
+        )
     return result
+
+
+def launch_child(params: Path, run_dir: Path, stop_after: int | None = None, timeout: float = 3600) -> dict:
+    """``train.launch`` in a fresh Python process. Returns the run's summary."""
+    args = {"params": str(params), "run_dir": str(run_dir), "model": MODEL, "stop_after": stop_after}
+    call = "train.launch(a['params'], a['run_dir'], a['model'], stop_after=a['stop_after'])"
+    return _child(call, args, "training", timeout)
 
 
 def align_child(params: Path, run_dir: Path, timeout: float = 3600) -> dict:
     """``align.launch`` (DPO from the run's SFT checkpoint) in a fresh Python process; returns its summary."""
-    code = (
-        "import json, sys; from llm4academic import align; a = json.loads(sys.argv[1]); "
-        "r = align.launch(a['params'], a['run_dir'], a['model']); print('RESULT=' + json.dumps(r, default=str))"
-    )
-    args = json.dumps({"params": str(params), "run_dir": str(run_dir), "model": MODEL})
-    proc = subprocess.run(
-        [sys.executable, "-c", code, args], stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=os.getcwd()
-    )
-    result = next((json.loads(x[7:]) for x in proc.stdout.splitlines() if x.startswith("RESULT=")), None)
-    print("\n".join(x for x in proc.stdout.splitlines() if not x.startswith("RESULT=")), file=sys.stderr, flush=True)
-    if proc.returncode != 0 or result is None:
-        raise KitError(f"DPO of {MODEL} ({run_dir}) failed with exit code {proc.returncode}; its output is above")
-    return result
+    args = {"params": str(params), "run_dir": str(run_dir), "model": MODEL}
+    return _child("align.launch(a['params'], a['run_dir'], a['model'])", args, "DPO of", timeout)
 
 
 def align_check(summary: dict, gpu: bool) -> dict:
