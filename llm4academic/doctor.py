@@ -174,7 +174,7 @@ def _child(call: str, args: dict, what: str, timeout: float) -> dict:
             print(line, file=sys.stderr, flush=True)
     if proc.returncode != 0 or result is None:
         raise KitError(
-            f"{what} of {MODEL} ({args['run_dir']}) failed with exit code {proc.returncode}; its output is above"
+            f"{what} {MODEL} ({args['run_dir']}) failed with exit code {proc.returncode}; its output is above"
         )
     return result
 
