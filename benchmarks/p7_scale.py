@@ -198,13 +198,17 @@ def build_corpus(out: Path, scale: float = 1.0, seed: int = SEED) -> dict:
         files.append({"name": name, "path": str(path), "records": n, "layout": layout, "bytes": path.stat().st_size})
     manifest = {"version": GENERATOR_VERSION, "seed": seed, "scale": scale, "files": files, "planted": planted}
     manifest["records"] = sum(f["records"] for f in files)
-    (out / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
     return manifest
 
 
+def corpus_dir(scale: float) -> Path:
+    """Where the corpus of this scale is kept, with its ``manifest.json``: under the kit's cache."""
+    return cache_dir() / "bench" / f"p7-v{GENERATOR_VERSION}-{scale:g}-{SEED}"
+
+
 def corpus(scale: float, progress=print) -> dict:
-    """The corpus of this scale, built once and kept under the kit's cache (``bench/p7-v<version>-<scale>``)."""
-    out = cache_dir() / "bench" / f"p7-v{GENERATOR_VERSION}-{scale:g}-{SEED}"
+    """The corpus of this scale, built once and kept in ``corpus_dir(scale)``; its manifest, written last."""
+    out = corpus_dir(scale)
     if (out / "manifest.json").is_file():
         return json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     progress(f"  P7: building the corpus (scale {scale:g}) in {out} …")
@@ -402,7 +406,7 @@ def run(ctx: Context, sz: Sizes) -> dict:
     quick = sz == QUICK
     scale = QUICK_SCALE if quick else 1.0
     man = corpus(scale, ctx.progress)
-    manifest = cache_dir() / "bench" / f"p7-v{GENERATOR_VERSION}-{scale:g}-{SEED}" / "manifest.json"
+    manifest = corpus_dir(scale) / "manifest.json"
     work = Path(tempfile.mkdtemp(prefix="p7-", dir=cache_dir() / "tmp" if (cache_dir() / "tmp").is_dir() else None))
     try:
         params = write_params(man, work)
