@@ -87,8 +87,8 @@ class Sizes:
 
 
 FULL = Sizes(
-    p1_records=20_000,
-    p1_repeats=5,
+    p1_records=40_000,
+    p1_repeats=4,
     profile=True,
     p2_seeds=5,
     p3_repeats=3,
