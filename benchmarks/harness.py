@@ -212,7 +212,8 @@ def format_table(result: dict) -> str:
     reps = sorted({c["repeats"] for c in result["cases"].values() if c["repeats"]})
     lines += [
         "",
-        f"Ratios are medians of per-repeat ratios (kit and baseline interleaved in one process; repeats: "
+        f"Ratios are medians of per-repeat ratios (kit and baseline interleaved in one run, in one process but for "
+        f"P1's stanford baseline, timed in a process of its own; repeats: "
         f"{', '.join(map(str, reps)) or '–'}); raw numbers in --json. "
         "vs limit: the measured result as a share of the best the case could reach (its bound).",
     ]

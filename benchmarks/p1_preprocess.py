@@ -255,7 +255,8 @@ def run(ctx: Context, sz: Sizes) -> dict:
             "kit_profile": profile,
             "what": {
                 "baseline": "stanford_alpaca preprocess: one tokenizer call per example for source+target, "
-                "then one per source, return_tensors='pt', padding='longest'; mask len(source)",
+                "then one per source, return_tensors='pt', padding='longest'; mask len(source); timed in a spawned "
+                "process of its own (baseline_process)",
                 "kit": "sft.tokenize_records(num_proc=1): datasets.map on Arrow batches; the template's fixed prompt "
                 "start tokenised once (sft.heads), the rest of each segment in one encode_batch_fast call per batch; "
                 "EOS id appended; labels -100 on the prompt, built in NumPy; Arrow columns out",
