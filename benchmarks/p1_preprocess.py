@@ -146,9 +146,8 @@ def run(ctx: Context, sz: Sizes) -> dict:
     texts = [s + t for s, t in zip(sources, targets, strict=True)]  # the limit's input: rendered full texts
     rust = tok.backend_tokenizer
     procs = sft.worker_count(len(ds), PROCESSES)
-    rust.encode_batch_fast(
-        texts[:2000]
-    )  # warm the tokenizer once (the kit's and the limit's; stanford's warms its own)
+    # warm the tokenizer once (the kit's and the limit's; stanford's warms its own)
+    rust.encode_batch_fast(texts[:2000])
 
     ctx.progress("  P1: starting stanford's preprocess in a process of its own …")
     stanford = baseline_process(records, tok)
