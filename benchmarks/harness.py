@@ -28,11 +28,11 @@ import datasets
 import torch
 from transformers.utils import logging as hf_logging
 
-from llm4academic.base import KitError, git_info, setup_environment
+from llm4academic.base import KitError, git_info, setup_environment, usable_cpus
 
 from . import p1_preprocess, p2_packing, p3_training, p4_generation, p5_gpu, p6_study, p7_scale
 from .common import FULL, QUICK, Case, Context, Skip, fmt_limit, rnd, verdict
-from .machine import cpu_model, load_average, memory_gb, usable_cpus
+from .machine import cpu_model, load_average, memory_gb
 
 SCHEMA = "llm4academic.bench/1"
 QUICK_NOTE = "quick run: smaller sizes, fewer steps and no profiles; its ratios are not comparable with a full run's"

@@ -40,13 +40,6 @@ def memory_gb() -> float | None:
     return round(int(m.group(1)) / 2**20, 1) if m else None
 
 
-def usable_cpus() -> int | None:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count()
-
-
 def _proc_status_mb(field: str) -> float | None:
     try:
         m = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
