@@ -29,6 +29,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 from llm4academic.base import KitError, git_info, setup_environment, usable_cpus
+from llm4academic.threads import ENV, inference_threads
 
 from . import p1_preprocess, p2_packing, p3_training, p4_generation, p5_gpu, p6_study, p7_scale
 from .common import FULL, QUICK, Case, Context, Skip, fmt_limit, rnd, verdict
@@ -77,10 +78,11 @@ def provenance(quick: bool) -> dict:
             "cpus_usable": usable_cpus(),
             "memory_gb": memory_gb(),
             "torch_threads": torch.get_num_threads(),
+            "inference_threads": inference_threads(),  # what the kit's CPU inference runs on (P4)
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "load_average_start": load_average(),
         },
-        "environment": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM")},
+        "environment": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", ENV)},
     }
 
 
@@ -198,11 +200,13 @@ def format_table(result: dict) -> str:
     mach, ver, git = result["machine"], result["versions"], result.get("git") or {}
     sha = (git.get("sha") or "unknown")[:10] + (" (dirty)" if git.get("dirty") else "")
     gpu = mach.get("gpu") or "no GPU"
+    inference = f" (inference {mach['inference_threads']})" if mach.get("inference_threads") else ""
     head = (
         f"llm4academic bench ({QUICK_NOTE if result['quick'] else 'full run'}) · {result['date']} · git {sha} · "
         f"{mach.get('cpus_usable')} of {mach.get('cpu_count')} CPUs ({mach.get('cpu') or mach.get('machine')}), "
-        f"{gpu}, torch threads {mach.get('torch_threads')} · load average {mach.get('load_average_start')} → "
-        f"{mach.get('load_average_end')} · torch {ver.get('torch')}, transformers {ver.get('transformers')}, "
+        f"{gpu}, torch threads {mach.get('torch_threads')}{inference} · "
+        f"load average {mach.get('load_average_start')} → {mach.get('load_average_end')} · "
+        f"torch {ver.get('torch')}, transformers {ver.get('transformers')}, "
         f"tokenizers {ver.get('tokenizers')}, datasets {ver.get('datasets')} · {result.get('seconds')} s"
     )
     cols = ["case", "what is measured", "kit", "baseline", "result", "vs limit", "goal", "check", "goal met"]

@@ -3,12 +3,15 @@
 (``generate.length_batches``: near-equal lengths, variable sizes within the cache of ``batch_size`` rows of the
 longest prompt) through ``TransformersRunner`` (its own loop: length-bucketed prefill, preallocated cache), against
 one prompt at a time through plain ``model.generate`` (stanford_alpaca's way); the outputs must be identical. Also
-timed in the same repeats: the kit's path before (``generate`` on fixed batches of 16, left-padded) and the batched
-run's prompt pass alone (the limit: the batched run if decoding cost nothing beyond reading the prompts)."""
+timed in the same repeats: the kit's path before (``generate`` on fixed batches of 16, left-padded), the batched
+run's prompt pass alone (the limit: the batched run if decoding cost nothing beyond reading the prompts) and the
+batched run on one thread. Every path runs on the kit's CPU inference threads (``threads.cpu_threads``: every usable
+core), the baseline too, except that last one: what the cores give batching, measured in the same run."""
 
 from __future__ import annotations
 
 import gc
+import os
 import time
 
 import torch
@@ -18,6 +21,7 @@ from llm4academic.generate import GenParams, fit_prompt, length_batches, prompt_
 from llm4academic.models import model_card
 from llm4academic.runners import TransformersRunner, _finish
 from llm4academic.sft import framing
+from llm4academic.threads import ENV, cpu_threads
 from llm4academic.zbench import load_zbench
 
 from .common import Case, Context, Goal, Sizes, fmt_n, fmt_x, limit, median, rnd, verdict, yes
@@ -91,6 +95,18 @@ def run(ctx: Context, sz: Sizes) -> dict:
     def single(batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
         return [one_at_a_time(runner, x) for x in batch]
 
+    def batched_one_thread(batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
+        """The kit's batched path with its CPU threads set to one (what the thread count gains, in the same run)."""
+        saved = os.environ.get(ENV)
+        os.environ[ENV] = "1"
+        try:
+            return runner.run(batch, seeds)
+        finally:
+            if saved is None:
+                del os.environ[ENV]
+            else:
+                os.environ[ENV] = saved
+
     # Paths and their slots: slot i holds the length batch i (the previous path: an equal share of its fixed groups).
     # A repeat runs slot 0 of every path, then slot 1, …: paired measurements half a second apart, so a slow spell of
     # this shared machine lands on every path alike rather than on whichever ran in it.
@@ -100,6 +116,7 @@ def run(ctx: Context, sz: Sizes) -> dict:
         "one_at_a_time": (single, [[bt] for bt in batches]),
         "before": (runner.run_generate, [fixed[a:b] for a, b in zip(cut, cut[1:], strict=False)]),  # generate, 16s
         "prompt_pass": (prompt_pass.run, [[bt] for bt in batches]),  # the limit: the prompts alone
+        "batched_one_thread": (batched_one_thread, [[bt] for bt in batches]),
     }
 
     def run_slot(name: str, i: int, out: list) -> None:
@@ -120,44 +137,47 @@ def run(ctx: Context, sz: Sizes) -> dict:
         wall, cpu_s = (time.perf_counter() - t0) / reps, (time.process_time() - c0) / reps
         return wall, cpu_s, all(p == passes[0] for p in passes)
 
-    warm = dict.fromkeys(plan, 0.0)
-    ctx.progress(f"  P4 warm-up: every path once, {len(ids)} prompts …")
-    with torch.inference_mode():  # one untimed pass of every path first: allocator, caches, first-call costs
-        for i in range(len(batches)):
+    # every path on the threads the kit's CPU inference uses (threads.cpu_threads: every usable core), the baseline
+    # too: the scope is opened here, around all of them
+    with cpu_threads("cpu") as threads:
+        warm = dict.fromkeys(plan, 0.0)
+        ctx.progress(f"  P4 warm-up: every path once, {len(ids)} prompts …")
+        with torch.inference_mode():  # one untimed pass of every path first: allocator, caches, first-call costs
+            for i in range(len(batches)):
+                for name in plan:
+                    warm[name] += timed(name, i, 1, [None] * len(ids))[0]
+        # equal windows: each path's slot runs as many passes as fill the one-at-a-time slot (its time: the mean)
+        passes = {name: max(1, round(warm["one_at_a_time"] / t)) for name, t in warm.items()}
+        times: dict[str, list[float]] = {k: [] for k in plan}
+        cpu: dict[str, list[float]] = {k: [] for k in plan}
+        results: dict[str, list] = {k: [] for k in plan}
+        per_batch: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}  # the last repeat's, by length batch
+        passes_agree = True
+        for r in range(sz.p4_repeats):
+            ctx.progress(f"  P4 repeat {r + 1}/{sz.p4_repeats}: {len(batches)} slots × {len(plan)} paths …")
+            wall, proc = dict.fromkeys(plan, 0.0), dict.fromkeys(plan, 0.0)
+            outs = {name: [None] * len(ids) for name in plan}
+            for key in per_batch:
+                per_batch[key].clear()
+            gc.collect()
+            gc.disable()  # as timeit does: no collector pauses inside the timed passes
+            try:
+                with torch.inference_mode():
+                    for i in range(len(batches)):
+                        for name in plan:
+                            w, c, same = timed(name, i, passes[name], outs[name])
+                            wall[name], proc[name], passes_agree = wall[name] + w, proc[name] + c, passes_agree and same
+                            if name in per_batch:
+                                per_batch[name].append(w)
+            finally:
+                gc.enable()
             for name in plan:
-                warm[name] += timed(name, i, 1, [None] * len(ids))[0]
-    # equal windows: each path's slot runs as many passes as fill the one-at-a-time slot (its time: the mean)
-    passes = {name: max(1, round(warm["one_at_a_time"] / t)) for name, t in warm.items()}
-    times: dict[str, list[float]] = {k: [] for k in plan}
-    cpu: dict[str, list[float]] = {k: [] for k in plan}
-    results: dict[str, list] = {k: [] for k in plan}
-    per_batch: dict[str, list[float]] = {"batched": [], "one_at_a_time": []}  # the last repeat's, by length batch
-    passes_agree = True
-    for r in range(sz.p4_repeats):
-        ctx.progress(f"  P4 repeat {r + 1}/{sz.p4_repeats}: {len(batches)} slots × {len(plan)} paths …")
-        wall, proc = dict.fromkeys(plan, 0.0), dict.fromkeys(plan, 0.0)
-        outs = {name: [None] * len(ids) for name in plan}
-        for key in per_batch:
-            per_batch[key].clear()
-        gc.collect()
-        gc.disable()  # as timeit does: no collector pauses inside the timed passes
-        try:
-            with torch.inference_mode():
-                for i in range(len(batches)):
-                    for name in plan:
-                        w, c, same = timed(name, i, passes[name], outs[name])
-                        wall[name], proc[name], passes_agree = wall[name] + w, proc[name] + c, passes_agree and same
-                        if name in per_batch:
-                            per_batch[name].append(w)
-        finally:
-            gc.enable()
-        for name in plan:
-            times[name].append(wall[name])
-            cpu[name].append(proc[name])
-            results[name].append(outs[name])
-    profiled = generation_profile(runner, [ids[j] for j in batches[0]]) if sz.profile else None
+                times[name].append(wall[name])
+                cpu[name].append(proc[name])
+                results[name].append(outs[name])
+        profiled = generation_profile(runner, [ids[j] for j in batches[0]]) if sz.profile else None
     reference = results["one_at_a_time"][0]
-    identical = passes_agree and all(o == reference for k in ("batched", "one_at_a_time", "before") for o in results[k])
+    identical = passes_agree and all(o == reference for k in plan if k != "prompt_pass" for o in results[k])
     new_tokens = sum(len(x) for x, _ in reference)
 
     def ratios(over: str, under: str, clock=times) -> list[float]:
@@ -180,7 +200,7 @@ def run(ctx: Context, sz: Sizes) -> dict:
         "raw": {
             "model": "tiny:llama",
             "device": "cpu",
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads": threads,  # every timed path's (the baseline's too)
             "decoding": "greedy",
             "max_new_tokens": gen.max_new_tokens,
             "batch_size": gen.batch_size,
@@ -208,6 +228,9 @@ def run(ctx: Context, sz: Sizes) -> dict:
             "speedup_cpu_per_repeat": [rnd(x, 3) for x in ratios("one_at_a_time", "batched", cpu)],
             "speedup_before_per_repeat": [rnd(x, 3) for x in ratios("one_at_a_time", "before")],
             "prompt_pass_share_of_batched": rnd(median(ratios("prompt_pass", "batched")), 3),
+            # the same batches on one thread / on the kit's threads: what the idle cores give the batched path
+            "thread_gain_per_repeat": [rnd(x, 3) for x in ratios("batched_one_thread", "batched")],
+            "speedup_one_thread_per_repeat": [rnd(x, 3) for x in ratios("one_at_a_time", "batched_one_thread")],
             # last repeat, batch by batch (longest prompts first): where batching gains less
             "per_batch": [
                 {
@@ -238,14 +261,16 @@ def row(c: dict) -> list[str] | None:
         else ""
     )
     before = median(raw["speedup_before_per_repeat"])
+    one = raw.get("speedup_one_thread_per_repeat")  # absent from runs before the kit used every core
+    one_cell = f"; batched on one thread: {fmt_x(median(one))}" if one else ""
     return [
         c["id"],
         f"generation, {raw['prompts']} Z-Bench prompts, tiny LLaMA, greedy, "
-        f"{raw['max_new_tokens']} new tokens: prompts/s",
+        f"{raw['max_new_tokens']} new tokens, {raw['torch_threads']} torch threads (both sides): prompts/s",
         f"{fmt_n(pps['batched'], 1)} batched ({len(rows)} batches of {min(rows)}–{max(rows)}, "
         f"batch_size {raw['batch_size']})",
         f"{fmt_n(pps['one_at_a_time'], 1)} one at a time",
-        f"{fmt_x(c['ratio'])} (repeats {fmt_x(lo)}–{fmt_x(hi)}{by_batch}; kit before: {fmt_x(before)})",
+        f"{fmt_x(c['ratio'])} (repeats {fmt_x(lo)}–{fmt_x(hi)}{by_batch}{one_cell}; kit before: {fmt_x(before)})",
         CASE.goal_cell,
         f"outputs identical: {yes(c['checks']['outputs_identical'])}",
         verdict(c),

@@ -25,6 +25,7 @@ from .base import KitError, write_json
 from .data.formats import load_file
 from .rundir import RunDir
 from .scoring.stats import bootstrap_ci, group_rng
+from .threads import cpu_threads
 
 PAIR_FEATURES = datasets.Features(
     {
@@ -170,23 +171,24 @@ def reply_logps(model, rows: list[dict], max_length: int, pad: int, batch_size: 
     per-token KL(model ‖ ref) over the chosen reply's positions (full vocabulary, teacher-forced)."""
     device = next(model.parameters()).device
     out: dict[str, list] = {"id": [r["id"] for r in rows]}
-    for start in range(0, len(rows), batch_size):
-        part = rows[start : start + batch_size]
-        for key in ("chosen", "rejected"):
-            ids, attn, mask = _batch(part, f"{key}_ids", max_length, pad, device)
-            logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            target, m = ids[:, 1:], mask[:, 1:].float()
-            logp = torch.log_softmax(logits, -1)
-            tok = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-            out.setdefault(f"logp_{key}", []).extend((tok * m).sum(1).tolist())
-            out.setdefault(f"tokens_{key}", []).extend(m.sum(1).long().tolist())
-            if ref is not None:
-                ref_logp = torch.log_softmax(ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
-                ref_tok = ref_logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-                out.setdefault(f"ref_logp_{key}", []).extend((ref_tok * m).sum(1).tolist())
-                if key == "chosen":
-                    kl = (logp.exp() * (logp - ref_logp)).sum(-1)
-                    out.setdefault("kl_chosen", []).extend(((kl * m).sum(1) / m.sum(1).clamp(min=1)).tolist())
+    with cpu_threads(device):  # on CPU, every usable core
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            for key in ("chosen", "rejected"):
+                ids, attn, mask = _batch(part, f"{key}_ids", max_length, pad, device)
+                logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+                target, m = ids[:, 1:], mask[:, 1:].float()
+                logp = torch.log_softmax(logits, -1)
+                tok = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                out.setdefault(f"logp_{key}", []).extend((tok * m).sum(1).tolist())
+                out.setdefault(f"tokens_{key}", []).extend(m.sum(1).long().tolist())
+                if ref is not None:
+                    ref_logp = torch.log_softmax(ref(input_ids=ids, attention_mask=attn).logits[:, :-1].float(), -1)
+                    ref_tok = ref_logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                    out.setdefault(f"ref_logp_{key}", []).extend((ref_tok * m).sum(1).tolist())
+                    if key == "chosen":
+                        kl = (logp.exp() * (logp - ref_logp)).sum(-1)
+                        out.setdefault("kl_chosen", []).extend(((kl * m).sum(1) / m.sum(1).clamp(min=1)).tolist())
     return pd.DataFrame(out)
 
 

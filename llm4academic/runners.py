@@ -42,6 +42,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from .base import KitError, length_runs
 from .config import ModelParams
 from .models import load_model, resolve_model_path
+from .threads import cpu_threads, on_cpu
 
 _SANE_CONTEXT = 1_000_000  # tokenizers without a limit say model_max_length = 1e30
 PREFILL_CALL_TOKENS = 128
@@ -156,13 +157,17 @@ class TransformersRunner:
         self.versions = _versions("torch", "transformers")
         # _Decoder serves it on CPU, where it was measured (P4) and checked against generate; on accelerators
         # transformers' generate (its well-kept path) runs the same length-bucketed batches
-        self.direct = not seq2seq and torch.device(self.device).type == "cpu" and _direct_decoding(self.model)
+        self.direct = not seq2seq and on_cpu(self.device) and _direct_decoding(self.model)
+        self.cpu_threads: int | None = None  # torch threads of the last batch on CPU (None on an accelerator)
 
     def run(self, batch: list[list[int]], seeds: list[int]) -> list[tuple[list[int], str]]:
-        """One batch's ``(new ids, finish)``, in the batch's order: the runner's own loop where it serves the model."""
-        if self.direct and min(map(len, batch)) > 0:
-            return _Decoder(self, seeds).run(batch)
-        return self.run_generate(batch, seeds)
+        """One batch's ``(new ids, finish)``, in the batch's order: the runner's own loop where it serves the model;
+        on CPU on every usable core (``threads.cpu_threads``; the count is kept in ``cpu_threads``)."""
+        with cpu_threads(self.device) as threads:
+            self.cpu_threads = threads if on_cpu(self.device) else None
+            if self.direct and min(map(len, batch)) > 0:
+                return _Decoder(self, seeds).run(batch)
+            return self.run_generate(batch, seeds)
 
     def sampler(self, seeds: list[int]) -> LogitsProcessorList:
         return LogitsProcessorList([_seeded_sampler(seeds, self.gen, self.device)] if self.gen.do_sample else [])
@@ -341,7 +346,7 @@ class VllmRunner:
             seed=gen.seed,
         )
         self.dtype = str(self.llm.llm_engine.model_config.dtype).removeprefix("torch.")
-        self.device = "cuda"
+        self.device, self.cpu_threads = "cuda", None
         self.context = self.llm.llm_engine.model_config.max_model_len
         self.versions = _versions("torch", "vllm")
 

@@ -15,6 +15,7 @@ os.environ.setdefault("LLM4A_CACHE_DIR", str(ROOT / ".cache"))
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never download
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("LLM4A_CPU_THREADS", "1")  # two pytest workers on two cores: one torch thread each
 
 from llm4academic.base import setup_environment  # noqa: E402
 

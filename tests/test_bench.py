@@ -92,7 +92,10 @@ def test_quick_run_checks_correctness_alongside_speed(quick):
             assert lim["share"] == pytest.approx(c[cid][lim["of"]] / lim["value"], rel=1e-3)
     assert "share_of_limit" in {g["metric"] for g in c["P3"]["goals"]}
     assert c["P3"]["raw"]["packed"]["peak_rss_mb"] > 0
-    assert c["P4"]["checks"]["outputs_identical"] is True
+    assert c["P4"]["checks"]["outputs_identical"] is True  # every path, the one on one thread too
+    p4 = c["P4"]["raw"]  # the kit's CPU threads (the tests' one, from LLM4A_CPU_THREADS) for every timed path
+    assert p4["torch_threads"] == int(os.environ["LLM4A_CPU_THREADS"]) and "batched_one_thread" in p4["seconds"]
+    assert len(p4["thread_gain_per_repeat"]) == c["P4"]["repeats"]
     p5 = c["P5"]
     if p5["status"] == "skipped":  # no GPU: the dry run of benchmarks/gpu.py ran instead
         assert p5["checks"]["dry_run_ok"] is True and p5["raw"]["dry_run"]["dry_run"] is True

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ..base import cache_batches
 from ..models import load_causal_lm
+from ..threads import cpu_threads
 from ..zbench import PROVENANCE
 from .tables import FALLBACK_MODEL, SCORE_COLUMNS, ScoringError, answer_items
 from .text import cell_text
@@ -127,7 +128,8 @@ class Judge:
             logits = self.model(input_ids=ids).logits[0, -1].float()
             return torch.softmax(logits, dim=-1).cpu().numpy().astype(np.float64)
 
-        return sequence_probs(next_probs, sequences)
+        with cpu_threads(self.device):
+            return sequence_probs(next_probs, sequences)
 
     def _plan(self, text: str, choices: Sequence[str]) -> tuple[list[int], list[tuple[int, ...]]]:
         return self._plans([text], choices)[0]
@@ -168,9 +170,10 @@ class Judge:
                     reads = {p: len(base) + len(p) - 1 for p in needed if top[: len(p)] == p}
                     rows.append((i, base + list(top), reads))
         dists: list[dict] = [{} for _ in texts]
-        for batch in _batches([len(ids) for _, ids, _ in rows], self.batch_size, self.BATCH_CALL_TOKENS):
-            for j, probs in zip(batch, self._forward([rows[j] for j in batch]), strict=True):
-                dists[rows[j][0]].update(zip(rows[j][2], probs, strict=True))
+        with cpu_threads(self.device):  # on CPU, every usable core
+            for batch in _batches([len(ids) for _, ids, _ in rows], self.batch_size, self.BATCH_CALL_TOKENS):
+                for j, probs in zip(batch, self._forward([rows[j] for j in batch]), strict=True):
+                    dists[rows[j][0]].update(zip(rows[j][2], probs, strict=True))
         return [sequence_probs(d.__getitem__, sequences) for d, (_, sequences) in zip(dists, plans, strict=True)]
 
     @torch.no_grad()

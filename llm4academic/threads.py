@@ -1,0 +1,89 @@
+"""torch's CPU threads: every usable core while the kit runs a model for inference on CPU (generation, the local
+judge's forward passes, scoring preference pairs), one thread everywhere else.
+
+Why one elsewhere. torch's CPU build runs its intra-op pool on GNU OpenMP, which is not fork-safe: a process forked
+after the pool ran with two or more threads hangs at its first parallel op unless it runs on one thread (measured
+here: the child of a parent that multiplied 2000×2000 matrices on two threads hangs on two, finishes in 0.2 s on one;
+``tests/test_threads.py`` keeps that check). The kit forks — ``datasets.map(num_proc=…)`` workers, accelerate's
+``notebook_launcher`` — so ``base.setup_environment`` sets ``OMP_NUM_THREADS=1``, inference raises the count only
+for its own calls (``cpu_threads``) and puts it back, and a process forked inside that scope starts on one thread
+(an ``os.register_at_fork`` hook).
+
+How many: ``LLM4A_CPU_THREADS`` when set (a positive integer), else every CPU this process may run on
+(``base.usable_cpus``). The tests set 1: two pytest workers on two cores would otherwise oversubscribe them.
+Outputs do not depend on the count (``tests/test_threads.py``: the same answers and judge grades on one thread and
+on two). On an accelerator nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from .base import KitError, usable_cpus
+
+ENV = "LLM4A_CPU_THREADS"
+_raised = 0  # how many cpu_threads scopes are open in this process
+_pool_ran = torch.get_num_threads() > 1  # whether this process's OpenMP pool may have run on more than one thread
+_pinned = False  # a child forked after that: it stays on its one thread (more would hang it)
+
+
+def inference_threads() -> int:
+    """torch threads for inference on CPU: ``LLM4A_CPU_THREADS`` when set, else every usable CPU."""
+    raw = os.environ.get(ENV, "").strip()
+    if not raw:
+        return usable_cpus()
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise KitError(
+            f"environment variable {ENV}={raw!r}: expected a positive integer, the torch threads for inference on "
+            "CPU (unset = every usable CPU)"
+        )
+    return n
+
+
+def on_cpu(device) -> bool:
+    return torch.device(device).type == "cpu"
+
+
+@contextmanager
+def cpu_threads(device) -> Iterator[int]:
+    """Run the block on ``inference_threads()`` torch threads when ``device`` is the CPU, then restore the count it
+    found (also on an error); elsewhere a no-op. Nests. In a process forked after its parent's pool ran on several
+    threads, the block stays on the threads it has (one). Yields the thread count the block runs on."""
+    global _raised, _pool_ran
+    before = torch.get_num_threads()
+    if not on_cpu(device) or _pinned:
+        yield before
+        return
+    want = inference_threads()
+    if want != before:
+        torch.set_num_threads(want)
+    _pool_ran = _pool_ran or want > 1
+    _raised += 1
+    try:
+        yield want
+    finally:
+        _raised -= 1
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _after_fork_in_child() -> None:
+    """The child of a process whose OpenMP pool ran on several threads: that pool did not survive the fork, so the
+    child runs on one thread (set here when it was forked inside a ``cpu_threads`` scope) and never raises it."""
+    global _raised, _pinned
+    if _pool_ran:
+        _pinned = True
+    if _raised:
+        _raised = 0
+        torch.set_num_threads(1)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
