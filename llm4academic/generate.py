@@ -229,6 +229,7 @@ def generate_answers(
     report.cached = sum(1 for r in rows if r["key"] not in new)
     report.seconds = round(time.perf_counter() - started, 3)
     df = pd.DataFrame(rows, columns=ROW_COLUMNS)
+    df["cpu_threads"] = df["cpu_threads"].astype("Int64")  # empty on an accelerator and in rows cached before it
     df.attrs["generation"] = report.to_dict()
     return df, report
 
@@ -338,7 +339,7 @@ class _Job:
             "backend": r.backend,
             "dtype": r.dtype,
             "device": str(r.device),
-            "cpu_threads": r.cpu_threads,
+            "cpu_threads": getattr(r, "cpu_threads", None),
             "batch_size": self.gen.batch_size,
             "generation": self.gen.decoding(),
             "prompt_tokens": encoded[2],

@@ -3,16 +3,18 @@ judge's forward passes, scoring preference pairs), one thread everywhere else.
 
 Why one elsewhere. torch's CPU build runs its intra-op pool on GNU OpenMP, which is not fork-safe: a process forked
 after the pool ran with two or more threads hangs at its first parallel op unless it runs on one thread (measured
-here: the child of a parent that multiplied 2000×2000 matrices on two threads hangs on two, finishes in 0.2 s on one;
+here: the child of a parent that multiplied 1500×1500 matrices on two threads hangs on two, finishes at once on one;
 ``tests/test_threads.py`` keeps that check). The kit forks — ``datasets.map(num_proc=…)`` workers, accelerate's
 ``notebook_launcher`` — so ``base.setup_environment`` sets ``OMP_NUM_THREADS=1``, inference raises the count only
-for its own calls (``cpu_threads``) and puts it back, and a process forked inside that scope starts on one thread
-(an ``os.register_at_fork`` hook).
+for its own calls (``cpu_threads``) and puts it back, and a process forked inside that scope, or after a pool that
+may have run on several threads (a scope's, or a count above one that the user set), runs on one thread and never
+raises it (an ``os.register_at_fork`` hook).
 
 How many: ``LLM4A_CPU_THREADS`` when set (a positive integer), else every CPU this process may run on
 (``base.usable_cpus``). The tests set 1: two pytest workers on two cores would otherwise oversubscribe them.
 Outputs do not depend on the count (``tests/test_threads.py``: the same answers and judge grades on one thread and
-on two). On an accelerator nothing changes.
+on two). On an accelerator nothing changes. The count is the process's: open scopes from one Python thread at a time
+(the kit does; the endpoint judge's request threads never enter one).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def cpu_threads(device) -> Iterator[int]:
     if not on_cpu(device) or _pinned:
         yield before
         return
-    want = inference_threads()
+    want, pid = inference_threads(), os.getpid()
     if want != before:
         torch.set_num_threads(want)
     _pool_ran = _pool_ran or want > 1
@@ -70,20 +72,20 @@ def cpu_threads(device) -> Iterator[int]:
     try:
         yield want
     finally:
-        _raised -= 1
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+        if os.getpid() == pid:  # a child forked inside the block leaves it on its one thread (the hook's)
+            _raised -= 1
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
 
 
 def _after_fork_in_child() -> None:
-    """The child of a process whose OpenMP pool ran on several threads: that pool did not survive the fork, so the
-    child runs on one thread (set here when it was forked inside a ``cpu_threads`` scope) and never raises it."""
+    """A child forked inside a ``cpu_threads`` scope, or after its parent's OpenMP pool may have run on several
+    threads: that pool did not survive the fork, so the child runs on one thread and never raises it."""
     global _raised, _pinned
-    if _pool_ran:
-        _pinned = True
-    if _raised:
-        _raised = 0
-        torch.set_num_threads(1)
+    if _pool_ran or _raised:
+        _pinned, _raised = True, 0
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

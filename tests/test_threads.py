@@ -22,11 +22,20 @@ from llm4academic.zbench import load_zbench
 
 @pytest.fixture
 def one_thread():
-    """The tests' state (one torch thread, conftest's ``LLM4A_CPU_THREADS=1``), put back after the test."""
+    """The tests' state (one torch thread, conftest's ``LLM4A_CPU_THREADS=1``), put back after the test; the module's
+    fork state left true: this process's pool has run on two threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+    threads._raised, threads._pinned, threads._pool_ran = 0, False, True
+
+
+def _gnu_openmp() -> bool:
+    try:
+        return "libgomp" in open("/proc/self/maps").read()  # noqa: SIM115
+    except OSError:
+        return False
 
 
 def test_scope_raises_to_the_setting_and_restores(monkeypatch, one_thread):
@@ -81,18 +90,50 @@ def _forked_matmul(timeout: float = 60.0) -> tuple[str, float]:
 
 def test_a_fork_after_the_pool_ran_on_two_threads_runs_on_one(monkeypatch, one_thread):
     """GNU OpenMP's pool does not survive a fork: a child that runs torch ops on two threads after its parent did
-    hangs. Forked inside the scope, the child starts on one thread; forked after it, it stays on one — and finishes."""
+    hangs. Forked inside the scope, the child starts on one thread; forked after it, it stays on one; forked while the
+    user's own count is two, it runs on one — and each finishes."""
     monkeypatch.setenv(threads.ENV, "2")
-    monkeypatch.setattr(threads, "_pool_ran", False)
+    threads._pool_ran = False
     with threads.cpu_threads("cpu"):
         a = torch.ones(1500, 1500)
         (a @ a).sum()  # the pool runs on two threads
         inside, _ = _forked_matmul()
     after, _ = _forked_matmul()
-    assert inside == "1 1", inside  # one thread when it started, and the scope did not raise it
-    assert after == "1 1", after
+    torch.set_num_threads(2)  # a count the user chose, outside any scope
+    (a @ a).sum()
+    users, _ = _forked_matmul()
+    assert (inside, after, users) == ("1 1", "1 1", "1 1")  # one thread when it started; the scope did not raise it
 
 
+def test_a_child_leaving_the_scope_it_was_forked_in_stays_on_one_thread(monkeypatch, one_thread):
+    """Forked inside an inner scope (one thread inside two: P4's one-thread path), the child leaves that scope without
+    restoring the two threads it found — the parent's count, which would hang it — and runs."""
+    monkeypatch.setenv(threads.ENV, "2")
+    r, w = os.pipe()
+    with threads.cpu_threads("cpu"):
+        a = torch.ones(1500, 1500)
+        (a @ a).sum()
+        monkeypatch.setenv(threads.ENV, "1")
+        with threads.cpu_threads("cpu"):
+            pid = os.fork()
+        if pid == 0:  # the child, between the inner scope's end and the outer one's
+            try:
+                (a @ a).sum()
+                os.write(w, str(torch.get_num_threads()).encode())
+            finally:
+                os._exit(0)
+        assert torch.get_num_threads() == 2  # the parent: back to the outer scope's count
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], 60)
+    out = os.read(r, 64).decode() if ready else "HUNG"
+    os.close(r)
+    if not ready:
+        os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    assert out == "1"
+
+
+@pytest.mark.skipif(not _gnu_openmp(), reason="the hang is GNU OpenMP's (libgomp); this torch does not use it")
 def test_without_the_hook_the_child_hangs(monkeypatch, one_thread):
     """The hazard is real here: with the module's fork state cleared (as if no scope were open and the pool had never
     run on several threads) the child keeps the two threads it inherits, and its first matmul hangs."""
@@ -100,8 +141,7 @@ def test_without_the_hook_the_child_hangs(monkeypatch, one_thread):
     torch.set_num_threads(2)
     a = torch.ones(1500, 1500)
     (a @ a).sum()  # the pool runs on two threads, outside any scope
-    for name in ("_raised", "_pinned", "_pool_ran"):
-        monkeypatch.setattr(threads, name, False)
+    threads._raised, threads._pinned, threads._pool_ran = 0, False, False
     out, _ = _forked_matmul(timeout=5)
     assert out == "HUNG"
 
