@@ -285,7 +285,7 @@ def row(c: dict) -> list[str] | None:
     return [
         c["id"],
         f"generation, {raw['prompts']} Z-Bench prompts, tiny LLaMA, greedy, "
-        f"{raw['max_new_tokens']} new tokens, {raw['torch_threads']} torch threads (both sides): prompts/s",
+        f"{raw['max_new_tokens']} new tokens, {raw['torch_threads']} torch threads: prompts/s",
         f"{fmt_n(pps['batched'], 1)} batched ({len(rows)} batches of {min(rows)}–{max(rows)}, "
         f"batch_size {raw['batch_size']})",
         f"{fmt_n(pps.get('baseline', pps['one_at_a_time']), 1)} one at a time"
