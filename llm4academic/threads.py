@@ -28,7 +28,6 @@ import torch
 from .base import KitError, usable_cpus
 
 ENV = "LLM4A_CPU_THREADS"
-_raised = 0  # how many cpu_threads scopes are open in this process
 _pool_ran = torch.get_num_threads() > 1  # whether this process's OpenMP pool may have run on more than one thread
 _pinned = False  # a child forked after that: it stays on its one thread (more would hang it)
 
@@ -59,7 +58,7 @@ def cpu_threads(device) -> Iterator[int]:
     """Run the block on ``inference_threads()`` torch threads when ``device`` is the CPU, then restore the count it
     found (also on an error); elsewhere a no-op. Nests. In a process forked after its parent's pool ran on several
     threads, the block stays on the threads it has (one). Yields the thread count the block runs on."""
-    global _raised, _pool_ran
+    global _pool_ran
     before = torch.get_num_threads()
     if not on_cpu(device) or _pinned:
         yield before
@@ -67,23 +66,21 @@ def cpu_threads(device) -> Iterator[int]:
     want, pid = inference_threads(), os.getpid()
     if want != before:
         torch.set_num_threads(want)
-    _pool_ran = _pool_ran or want > 1
-    _raised += 1
+    _pool_ran = _pool_ran or want > 1  # before the block: a fork inside it already pins its child
     try:
         yield want
     finally:
-        if os.getpid() == pid:  # a child forked inside the block leaves it on its one thread (the hook's)
-            _raised -= 1
-            if torch.get_num_threads() != before:
-                torch.set_num_threads(before)
+        # a child forked inside the block leaves it on its one thread (the hook's)
+        if os.getpid() == pid and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _after_fork_in_child() -> None:
     """A child forked inside a ``cpu_threads`` scope, or after its parent's OpenMP pool may have run on several
     threads: that pool did not survive the fork, so the child runs on one thread and never raises it."""
-    global _raised, _pinned
-    if _pool_ran or _raised:
-        _pinned, _raised = True, 0
+    global _pinned
+    if _pool_ran:  # a scope that raised the count set it
+        _pinned = True
         if torch.get_num_threads() != 1:
             torch.set_num_threads(1)
 

@@ -28,7 +28,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-    threads._raised, threads._pinned, threads._pool_ran = 0, False, True
+    threads._pinned, threads._pool_ran = False, True
 
 
 def _gnu_openmp() -> bool:
@@ -141,7 +141,7 @@ def test_without_the_hook_the_child_hangs(monkeypatch, one_thread):
     torch.set_num_threads(2)
     a = torch.ones(1500, 1500)
     (a @ a).sum()  # the pool runs on two threads, outside any scope
-    threads._raised, threads._pinned, threads._pool_ran = 0, False, False
+    threads._pinned, threads._pool_ran = False, False
     out, _ = _forked_matmul(timeout=5)
     assert out == "HUNG"
 
